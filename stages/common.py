@@ -1,0 +1,200 @@
+"""Shared schema, IO and CLI helpers for every stage.
+
+Everything a stage writes goes through the ``atomic_*`` helpers so that an
+interrupted or failed run never leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pandas as pd
+
+# --- dataset schema ---------------------------------------------------------
+
+INDEX_COLUMN = "Unnamed: 0"  # how pandas names the CSV's unnamed first column
+ID_COLUMN = "track_id"
+GENRE_COLUMN = "track_genre"
+LABEL_COLUMN = "label"
+TEXT_COLUMNS = ["artists", "album_name", "track_name"]
+
+# The 15 model inputs, in the dataset's column order; a saved model takes them
+# in exactly this order.
+FEATURES = [
+    "popularity",
+    "duration_ms",
+    "explicit",
+    "danceability",
+    "energy",
+    "key",
+    "loudness",
+    "mode",
+    "speechiness",
+    "acousticness",
+    "instrumentalness",
+    "liveness",
+    "valence",
+    "tempo",
+    "time_signature",
+]
+NUMERIC_COLUMNS = [f for f in FEATURES if f != "explicit"]
+RAW_COLUMNS = [INDEX_COLUMN, ID_COLUMN, *TEXT_COLUMNS, *FEATURES, GENRE_COLUMN]
+SPLITS = ("train", "val", "test")
+
+# --- paths (relative to the repository root, where DVC runs every stage) -----
+
+RAW_CSV = Path("data/raw/tracks.csv")
+SPLIT_DIR = Path("data/split")
+LABELED_DIR = Path("data/labeled")
+CLASSES_JSON = LABELED_DIR / "classes.json"
+MODELS_DIR = Path("models")
+METRICS_DIR = Path("metrics")
+PLOTS_DIR = Path("plots")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad input file, bad param): one line, no traceback."""
+
+
+def cli(main: Callable[..., None]) -> Callable[..., None]:
+    """Turn UserError (and Ctrl-C) into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted: no output was written", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper
+
+
+# --- atomic output ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place on success.
+
+    On any exception (or KeyboardInterrupt) the temporary file is removed and an
+    existing ``path`` is left untouched. Temp names look like '.NAME.XXXX.tmp'
+    (plus ``suffix``, for writers that insist on an extension), so a SIGKILL
+    leftover is hidden, git-ignored and never mistaken for an output.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes files private
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Like atomic_path, for a directory: fill a temp dir, then swap it in."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o777 & ~_umask())
+        if path.exists():
+            old = path.with_name(f".{path.name}.old.tmp")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp_path, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp_path, path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, lineterminator="\n")
+
+
+def write_parquet(path: str | os.PathLike, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False, engine="pyarrow", compression="zstd")
+
+
+def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found (run the stage that produces it: dvc repro)")
+    return pd.read_parquet(path, engine="pyarrow")
+
+
+def read_json(path: str | os.PathLike):
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found (run the stage that produces it: dvc repro)")
+    return json.loads(path.read_text())
+
+
+def read_labeled(split: str) -> pd.DataFrame:
+    return read_parquet(LABELED_DIR / f"{split}.parquet")
+
+
+def read_classes() -> list[str]:
+    return list(read_json(CLASSES_JSON))
+
+
+def quiet_tensorflow() -> None:
+    """Silence TensorFlow's C++ logs and make CPU math repeatable; call before importing keras.
+
+    ``SPOTIFY_GENRE_THREADS`` caps TensorFlow's thread pools, so several queued
+    experiments (``dvc queue start -j N``) don't oversubscribe the cores.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # oneDNN reorders float sums between runs; off gives repeatable results.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import absl.logging  # noqa: PLC0415 - must follow the env vars above
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    import tensorflow as tf  # noqa: PLC0415
+
+    threads = os.environ.get("SPOTIFY_GENRE_THREADS")
+    if threads:
+        try:
+            n = int(threads)
+            if n < 1:
+                raise ValueError
+        except ValueError:
+            raise UserError(
+                f"SPOTIFY_GENRE_THREADS={threads!r}: must be a whole number >= 1"
+            ) from None
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(1 if n == 1 else 2)

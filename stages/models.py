@@ -1,0 +1,159 @@
+"""Keras model builders, one per family.
+
+Every model takes the 15 raw feature values, shape (n, 15), in
+``stages.common.FEATURES`` order. Scaling, log transforms, one-hot encodings and
+the LSTM's sequence encoding all live inside the model, built only from stock
+Keras layers and ``keras.ops`` calls, so a saved model loads with plain
+``keras.models.load_model``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stages.common import FEATURES, UserError
+
+import keras  # noqa: E402  (callers run common.quiet_tensorflow() first)
+from keras import layers, ops  # noqa: E402
+
+# Long-tailed features: their log spreads the mass that sits near zero.
+LOG_FEATURES = ("duration_ms", "speechiness", "acousticness", "instrumentalness", "liveness")
+# Small integer codes better read as categories than as magnitudes.
+ONE_HOT_FEATURES = {"key": 12, "time_signature": 6}
+
+
+def _columns(inputs):
+    return [inputs[:, i : i + 1] for i in range(len(FEATURES))]
+
+
+def _log_transform(inputs):
+    """(n, 15) -> (n, 15): log of the long-tailed features, the rest unchanged."""
+    cols = _columns(inputs)
+    for name in LOG_FEATURES:
+        i = FEATURES.index(name)
+        shift = 1.0 if name == "duration_ms" else 1e-3  # avoid log(0)
+        cols[i] = ops.log(ops.maximum(cols[i], 0.0) + shift)
+    return ops.concatenate(cols, axis=-1)
+
+
+def _one_hots(inputs):
+    hots = []
+    for name, depth in ONE_HOT_FEATURES.items():
+        i = FEATURES.index(name)
+        code = ops.cast(ops.clip(ops.round(inputs[:, i]), 0, depth - 1), "int32")
+        hots.append(ops.one_hot(code, depth))
+    return ops.concatenate(hots, axis=-1)
+
+
+def _adapted_normalization(transform, train_x: np.ndarray, name: str):
+    """A Normalization layer adapted on the training split, after ``transform``."""
+    if transform is None:
+        values = train_x
+    else:
+        probe_in = keras.Input((len(FEATURES),))
+        values = keras.Model(probe_in, transform(probe_in)).predict(
+            train_x, batch_size=8192, verbose=0)
+    if not np.all(np.isfinite(values)):
+        raise UserError("training features contain NaN/inf after the input transform")
+    norm = layers.Normalization(name=name)
+    norm.adapt(values)
+    return norm
+
+
+def input_block(inputs, train_x: np.ndarray, kind: str):
+    """The model's input transform: 'standardized' (the study), 'log', or 'engineered'.
+
+    'standardized' z-scores the 15 raw values; 'log' first takes the log of the
+    long-tailed ones; 'engineered' adds one-hot key and time_signature to 'log'.
+    'standardized' and 'log' keep one value per feature (what the LSTM needs).
+    """
+    if kind == "standardized":
+        return _adapted_normalization(None, train_x, "standardize")(inputs)
+    scaled = _adapted_normalization(_log_transform, train_x, "standardize")(_log_transform(inputs))
+    if kind == "log":
+        return scaled
+    if kind == "engineered":
+        return layers.Concatenate(name="engineered")([scaled, _one_hots(inputs)])
+    raise UserError(f"unknown input transform {kind!r}: standardized, log or engineered")
+
+
+def _output(x, n_classes: int):
+    return layers.Dense(n_classes, activation="softmax", name="genre")(x)
+
+
+def build_softmax(train_x: np.ndarray, n_classes: int, p) -> keras.Model:
+    inputs = keras.Input((len(FEATURES),), name="features")
+    x = input_block(inputs, train_x, p.inputs)
+    return keras.Model(inputs, _output(x, n_classes), name="softmax")
+
+
+def build_mlp(train_x: np.ndarray, n_classes: int, p) -> keras.Model:
+    inputs = keras.Input((len(FEATURES),), name="features")
+    x = input_block(inputs, train_x, p.inputs)
+    for depth, units in enumerate(p.hidden):
+        x = layers.Dense(units, use_bias=not p.batch_norm, name=f"dense_{depth}")(x)
+        if p.batch_norm:
+            x = layers.BatchNormalization(name=f"bn_{depth}")(x)
+        x = layers.Activation("relu", name=f"relu_{depth}")(x)
+        if p.dropout > 0 and (p.dropout_at == "all" or depth == 0):
+            x = layers.Dropout(p.dropout, name=f"dropout_{depth}")(x)
+    return keras.Model(inputs, _output(x, n_classes), name="mlp")
+
+
+def build_lstm(train_x: np.ndarray, n_classes: int, p) -> keras.Model:
+    """The features as a sequence of 15 steps, one feature per step.
+
+    dense_lstm: the study's Dense(step_units) on each step's value, then the LSTM(s);
+    stacked: the study's LSTMs straight on the values;
+    token: each step gets its own learned embedding of its value (per-feature
+    weights, so the LSTM knows which feature a step holds), then the LSTM(s).
+    """
+    inputs = keras.Input((len(FEATURES),), name="features")
+    x = input_block(inputs, train_x, p.inputs)
+    n = len(FEATURES)
+    if p.variant == "token":
+        seq = layers.EinsumDense("bf,fd->bfd", output_shape=(n, p.step_units), bias_axes="fd",
+                                 activation="relu", name="feature_tokens")(x)
+    else:
+        seq = layers.Reshape((n, 1), name="as_sequence")(x)
+        if p.variant == "dense_lstm":
+            seq = layers.Dense(p.step_units, activation="relu", name="step_dense")(seq)
+    for depth, units in enumerate(p.lstm_units):
+        last = depth == len(p.lstm_units) - 1
+        seq = layers.LSTM(units, return_sequences=not last, unroll=p.unroll,
+                          name=f"lstm_{depth}")(seq)
+    if p.dropout > 0:
+        seq = layers.Dropout(p.dropout, name="dropout")(seq)
+    return keras.Model(inputs, _output(seq, n_classes), name="lstm")
+
+
+BUILDERS = {"softmax": build_softmax, "mlp": build_mlp, "lstm": build_lstm}
+
+
+def build(family: str, train_x: np.ndarray, n_classes: int, params) -> keras.Model:
+    if family not in BUILDERS:
+        raise UserError(f"unknown model family {family!r}: one of {', '.join(BUILDERS)}")
+    return BUILDERS[family](np.asarray(train_x, dtype="float32"), n_classes, params)
+
+
+def compile_model(model: keras.Model, params, steps_per_epoch: int) -> keras.Model:
+    if params.schedule == "cosine":
+        total = max(params.epochs * steps_per_epoch, 1)
+        warmup = min(steps_per_epoch, total // 10)
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=params.learning_rate * 0.1 if warmup else params.learning_rate,
+            decay_steps=total - warmup, alpha=0.01,
+            warmup_target=params.learning_rate if warmup else None, warmup_steps=warmup,
+        )
+    else:
+        learning_rate = params.learning_rate
+    if params.weight_decay > 0:
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=params.weight_decay)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate)
+    model.compile(
+        optimizer=optimizer,
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")],
+    )
+    return model

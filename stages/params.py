@@ -1,0 +1,160 @@
+"""params.yaml, validated: every stage reads its section through ``load_section``.
+
+Unknown keys are errors (a typo such as ``lstm.unit`` must not silently fall back
+to a default), and every error names the param path, the bad value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from stages.common import UserError
+
+PARAMS_FILE = Path("params.yaml")
+FAMILIES = ("softmax", "mlp", "lstm")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FetchParams(Section):
+    url: str = Field(min_length=1)
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+
+
+class SplitParams(Section):
+    strategy: Literal["group", "random"] = "group"
+    test_size: float = Field(0.2, gt=0, lt=1)
+    val_size: float = Field(0.2, gt=0, lt=1)
+    seed: int = Field(42, ge=0)
+
+
+class MergeGenresParams(Section):
+    enabled: bool = False
+    groups: dict[str, list[str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _each_genre_under_one_target(self):
+        owner: dict[str, str] = {}
+        for target, sources in self.groups.items():
+            for genre in sources:
+                if genre in owner and owner[genre] != target:
+                    raise ValueError(
+                        f"genre {genre!r} is listed under two targets: "
+                        f"{owner[genre]!r} and {target!r}"
+                    )
+                owner[genre] = target
+        return self
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Inputs = Literal["standardized", "log", "engineered"]
+
+
+class TrainParams(Section):
+    """Settings every model family shares."""
+
+    inputs: Inputs = "engineered"
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(512, ge=1)
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    schedule: Literal["constant", "cosine"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0, lt=1)
+    patience: int = Field(5, ge=1)
+    seed: int = Field(42, ge=0)
+
+
+class SoftmaxParams(TrainParams):
+    pass
+
+
+class MlpParams(TrainParams):
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [512, 256, 256], min_length=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    dropout_at: Literal["first", "all"] = "all"
+    batch_norm: bool = True
+    embedding_dim: int = Field(0, ge=0)
+
+
+class LstmParams(TrainParams):
+    inputs: Literal["standardized", "log"] = "log"  # one value per step: no one-hots
+    variant: Literal["dense_lstm", "stacked", "token"] = "token"
+    step_units: int = Field(64, ge=1)
+    lstm_units: list[PositiveInt] = Field(default_factory=lambda: [128], min_length=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    unroll: bool = True
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "fetch": FetchParams,
+    "split": SplitParams,
+    "merge_genres": MergeGenresParams,
+    "softmax": SoftmaxParams,
+    "mlp": MlpParams,
+    "lstm": LstmParams,
+}
+
+
+def read_params_file(path: Path = PARAMS_FILE) -> dict:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found (run from the repository root)") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{where} is not valid YAML") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _describe(error: dict, section: str) -> str:
+    loc = ".".join(str(p) for p in (section, *error["loc"]) if p != "__root__")
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown param (typo?)"
+    if kind == "missing":
+        return f"{loc}: missing"
+    value = error.get("input")
+    msg = error["msg"].removeprefix("Value error, ")
+    if error["loc"] == ():
+        return f"{loc}: {msg}"
+    return f"{loc} = {value!r}: {msg}"
+
+
+def validate(section: str, raw, path: Path = PARAMS_FILE):
+    """Validate one section's raw value; raise UserError naming every bad param."""
+    schema = SECTIONS[section]
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: {section}: must be a mapping, got {raw!r}")
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e, section) for e in exc.errors())
+        raise UserError(f"{path}: {problems}") from None
+
+
+def load_section(section: str, path: Path = PARAMS_FILE):
+    data = read_params_file(path)
+    if section not in data:
+        raise UserError(f"{path}: section {section!r} is missing")
+    return validate(section, data[section], path)
+
+
+def load_model_name(path: Path = PARAMS_FILE) -> str:
+    data = read_params_file(path)
+    name = data.get("model")
+    if name not in FAMILIES:
+        raise UserError(f"{path}: model = {name!r}: must be one of {', '.join(FAMILIES)}")
+    return name

@@ -1,0 +1,132 @@
+"""Synthetic Spotify-schema data made by the tests themselves, and repo-copy helpers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages.common import FEATURES, RAW_COLUMNS
+
+REPO = Path(__file__).resolve().parents[1]
+# What a pipeline run needs from the repository (no data, no outputs).
+REPO_FILES = ["stages", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
+
+
+def make_tracks(genres=("acoustic", "blues", "chill", "dance"), rows_per_genre=40,
+                seed=0) -> pd.DataFrame:
+    """A raw-schema frame: separable genres, repeated track_ids, one duplicate, one NA row."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g_index, genre in enumerate(genres):
+        for i in range(rows_per_genre):
+            centre = g_index / max(len(genres) - 1, 1)
+            rows.append({
+                "track_id": f"t{g_index:02d}{i:04d}",
+                "artists": f"artist {i % 7}",
+                "album_name": f"album {i % 5}",
+                "track_name": f"song {g_index}-{i}",
+                "popularity": int(rng.integers(0, 100)),
+                "duration_ms": int(rng.integers(60_000, 400_000)),
+                "explicit": bool(rng.random() < 0.1),
+                "danceability": float(np.clip(centre + rng.normal(0, 0.1), 0, 1)),
+                "energy": float(np.clip(1 - centre + rng.normal(0, 0.1), 0, 1)),
+                "key": int(rng.integers(0, 12)),
+                "loudness": float(-20 * centre + rng.normal(-5, 1)),
+                "mode": int(rng.integers(0, 2)),
+                "speechiness": float(rng.random() * 0.3),
+                "acousticness": float(rng.random()),
+                "instrumentalness": float(rng.random() ** 4),
+                "liveness": float(rng.random()),
+                "valence": float(rng.random()),
+                "tempo": float(80 + 60 * centre + rng.normal(0, 5)),
+                "time_signature": int(rng.choice([3, 4, 4, 4, 5])),
+                "track_genre": genre,
+            })
+    frame = pd.DataFrame(rows)
+    # The same track under a second genre: identical features, another label.
+    for i in range(5):
+        repeat = frame.iloc[i].copy()
+        repeat["track_genre"] = genres[1]
+        frame.loc[len(frame)] = repeat
+    frame.loc[len(frame)] = frame.iloc[len(frame) - 1]  # one exact duplicate row
+    na_row = frame.iloc[7].copy()
+    na_row["track_id"] = "t-na"
+    na_row["artists"] = None
+    frame.loc[len(frame)] = na_row
+    frame.insert(0, "Unnamed: 0", np.arange(len(frame)))
+    return frame[RAW_COLUMNS]
+
+
+def write_tracks_csv(frame: pd.DataFrame, path: Path) -> Path:
+    """Write as the published file is written: an unnamed index column first."""
+    body = frame.drop(columns=["Unnamed: 0"])
+    body.index = frame["Unnamed: 0"].to_numpy()
+    compression = "gzip" if path.name.endswith(".gz") else None
+    body.to_csv(path, compression=compression)
+    return path
+
+
+@pytest.fixture
+def tracks() -> pd.DataFrame:
+    return make_tracks()
+
+
+@pytest.fixture
+def tracks_csv(tmp_path, tracks) -> Path:
+    return write_tracks_csv(tracks, tmp_path / "tracks.csv")
+
+
+@pytest.fixture
+def in_tmp_repo(tmp_path, monkeypatch) -> Path:
+    """cwd = a temp dir holding params.yaml, so stages' main() can run there."""
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def copy_repo(dest: Path) -> Path:
+    """A fresh git + DVC checkout of the project code in ``dest`` (no data, no outputs)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in REPO_FILES:
+        src = REPO / name
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, target)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], cwd=dest, check=True)
+    return dest
+
+
+def run_cmd(args: list[str], cwd: Path, env_extra: dict | None = None, check=True,
+            timeout=900) -> subprocess.CompletedProcess:
+    """Run a command with this interpreter's bin dir first on PATH (dvc, python)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(cwd)
+    env.update(env_extra or {})
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def real_data_url() -> str | None:
+    return os.environ.get("SPOTIFY_TRACKS_URL")
+
+
+__all__ = ["FEATURES", "make_tracks", "write_tracks_csv", "copy_repo", "run_cmd", "real_data_url"]

@@ -1,0 +1,46 @@
+import pytest
+
+from stages.common import UserError
+from stages.params import load_model_name, load_section, read_params_file, validate
+from tests.conftest import REPO
+
+
+def test_repo_params_file_is_valid():
+    data = read_params_file(REPO / "params.yaml")
+    for section in ("fetch", "split", "merge_genres", "softmax", "mlp", "lstm"):
+        validate(section, data[section])
+    assert load_model_name(REPO / "params.yaml") in ("softmax", "mlp", "lstm")
+
+
+@pytest.mark.parametrize("section, raw, message", [
+    ("lstm", {"unit": 3}, "lstm.unit: unknown param (typo?)"),
+    ("split", {"test_size": 0}, "split.test_size = 0: Input should be greater than 0"),
+    ("split", {"strategy": "rows"}, "split.strategy = 'rows': Input should be 'group' or 'random'"),
+    ("mlp", {"dropout": -0.1}, "mlp.dropout = -0.1: Input should be greater than or equal to 0"),
+    ("mlp", {"hidden": []}, "mlp.hidden = []: List should have at least 1 item"),
+    ("mlp", {"epochs": 0}, "mlp.epochs = 0: Input should be greater than or equal to 1"),
+    ("lstm", {"variant": "gru"}, "lstm.variant = 'gru': Input should be"),
+    ("fetch", {"url": "x", "sha256": "abc"}, "fetch.sha256 = 'abc': String should match pattern"),
+    ("split", [1, 2], "split: must be a mapping"),
+])
+def test_bad_params_name_path_value_and_rule(section, raw, message):
+    with pytest.raises(UserError) as excinfo:
+        validate(section, raw)
+    assert message in str(excinfo.value)
+
+
+def test_bad_model_name_lists_valid_ones(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("model: cnn\n")
+    with pytest.raises(UserError, match="model = 'cnn': must be one of softmax, mlp, lstm"):
+        load_model_name(path)
+
+
+def test_invalid_yaml_and_missing_section(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("split: [\n")
+    with pytest.raises(UserError, match="is not valid YAML"):
+        read_params_file(path)
+    path.write_text("model: mlp\n")
+    with pytest.raises(UserError, match="section 'split' is missing"):
+        load_section("split", path)
