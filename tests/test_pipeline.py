@@ -1,0 +1,102 @@
+"""End to end: the real dvc.yaml, run by DVC in a fresh git repo, on synthetic data."""
+
+import json
+
+import pytest
+import yaml
+
+from tests.conftest import copy_repo, make_tracks, run_cmd, write_tracks_csv
+
+pytestmark = pytest.mark.slow
+
+TINY = {  # seconds, not minutes: the point is the wiring, not the accuracy
+    "softmax": {"epochs": 2, "batch_size": 64},
+    "mlp": {"epochs": 2, "batch_size": 64, "hidden": [16, 16]},
+    "lstm": {"epochs": 2, "batch_size": 64, "step_units": 8, "lstm_units": [8]},
+}
+
+
+def tiny_params(repo):
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for family, changes in TINY.items():
+        params[family].update(changes)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory):
+    """A repo copy after one full `dvc repro` on synthetic data, committed."""
+    root = tmp_path_factory.mktemp("e2e")
+    csv = write_tracks_csv(make_tracks(rows_per_genre=80), root / "tracks.csv.gz")
+    repo = root / "repo"
+    copy_repo(repo)
+    tiny_params(repo)
+    env = {"SPOTIFY_TRACKS_URL": str(csv)}
+    run_cmd(["git", "commit", "-qam", "tiny params"], repo)
+    result = run_cmd(["dvc", "repro"], repo, env)
+    run_cmd(["git", "add", "-A"], repo)
+    run_cmd(["git", "-c", "user.name=t", "-c", "user.email=t@e.invalid", "commit", "-qm", "run"],
+            repo)
+    return repo, env, result
+
+
+def test_repro_runs_every_stage_and_writes_every_output(pipeline_repo):
+    repo, _, result = pipeline_repo
+    for stage in ("fetch", "split", "merge_genres", "train_softmax", "train_mlp", "train_lstm",
+                  "evaluate"):
+        assert f"Running stage '{stage}'" in result.stdout
+    for path in ("data/raw/tracks.csv", "data/labeled/classes.json", "models/mlp.keras",
+                 "models/lstm.keras", "models/softmax.keras", "metrics/evaluate.json",
+                 "metrics/train/lstm.json", "plots/confusion.csv", "plots/confusion.png",
+                 "plots/per_genre.csv", "plots/per_genre_f1.png", "plots/top_confusions.csv",
+                 "plots/train/mlp/plots/metrics/eval/loss.tsv", "plots/train/lstm/curves.png"):
+        assert (repo / path).is_file(), path
+    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert metrics["model"] == "mlp" and metrics["classes"] == 4
+    assert 0 <= metrics["accuracy"] <= metrics["ceiling"] <= 1
+    # two epochs on the training split: the learning curve has two points
+    lines = (repo / "plots/train/softmax/plots/metrics/train/loss.tsv").read_text().splitlines()
+    assert len(lines) == 3
+
+
+def test_repro_again_is_a_no_op(pipeline_repo):
+    repo, env, _ = pipeline_repo
+    result = run_cmd(["dvc", "repro"], repo, env)
+    assert "Running stage" not in result.stdout
+
+
+def test_changing_model_reruns_only_evaluate(pipeline_repo):
+    repo, env, _ = pipeline_repo
+    result = run_cmd(["dvc", "exp", "run", "-S", "model=softmax"], repo, env)
+    ran = [line for line in result.stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'evaluate':"]
+    assert json.loads((repo / "metrics/evaluate.json").read_text())["model"] == "softmax"
+    diff = run_cmd(["dvc", "metrics", "diff"], repo, env)
+    assert "metrics/evaluate.json" in diff.stdout and "accuracy" in diff.stdout
+    shown = run_cmd(["dvc", "exp", "show", "--no-pager", "--csv"], repo, env)
+    assert "softmax" in shown.stdout
+
+
+def test_plots_show_renders_the_confusion_matrix(pipeline_repo):
+    repo, env, _ = pipeline_repo
+    run_cmd(["dvc", "plots", "show", "-o", "rendered"], repo, env)
+    html = (repo / "rendered" / "index.html").read_text()
+    assert "Confusion matrix" in html and "confusion.png" in html
+    assert "Learning curves, loss" in html
+
+
+def test_unknown_model_param_is_a_clear_error(pipeline_repo):
+    repo, env, _ = pipeline_repo
+    result = run_cmd(["python", "-m", "stages.evaluate"], repo,
+                     env, check=False)
+    assert result.returncode == 0  # sanity: the committed params work
+    params = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(params.replace("model: softmax", "model: cnn")
+                                      .replace("model: mlp", "model: cnn"))
+    try:
+        bad = run_cmd(["python", "-m", "stages.evaluate"], repo, env, check=False)
+    finally:
+        (repo / "params.yaml").write_text(params)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: params.yaml: model = 'cnn': must be one of softmax, mlp, lstm"
