@@ -1,0 +1,87 @@
+"""Metrics on tiny hand-computed examples."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages import evaluate as ev
+from stages.common import FEATURES
+
+CLASSES = ["a", "b", "c"]
+
+
+def test_top_k_accuracy():
+    proba = np.array([[0.5, 0.3, 0.2], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3], [0.6, 0.3, 0.1]])
+    y = np.array([0, 0, 2, 2])
+    assert ev.top_k_accuracy(y, proba, 1) == 0.25  # only row 0
+    assert ev.top_k_accuracy(y, proba, 2) == 0.5  # + row 2 (c is second)
+    assert ev.top_k_accuracy(y, proba, 3) == 1.0
+    assert ev.top_k_accuracy(y, proba, 10) == 1.0  # k above the class count
+
+
+def _test_frame(rows):
+    """rows: (track_id, feature value, label); identical value = identical features."""
+    frame = pd.DataFrame({f: 0.0 for f in FEATURES}, index=range(len(rows)))
+    frame["track_id"] = [r[0] for r in rows]
+    frame["danceability"] = [r[1] for r in rows]
+    frame["label"] = [r[2] for r in rows]
+    return frame
+
+
+def test_any_genre_accuracy_counts_any_label_of_the_track():
+    test = _test_frame([("t1", 0.1, "a"), ("t1", 0.1, "b"), ("t2", 0.2, "c"), ("t3", 0.3, "a")])
+    other = _test_frame([("t3", 0.3, "b")])  # t3 also carries b, in another split
+    labels = ev.labels_per_track([test, other])
+    assert labels == {"t1": {"a", "b"}, "t2": {"c"}, "t3": {"a", "b"}}
+    # predictions: a, a, a, b -> right: t1(a) yes, t1(a) yes, t2 no, t3(b) yes
+    assert ev.any_genre_accuracy(test["track_id"], ["a", "a", "a", "b"], labels) == 0.75
+
+
+def test_ceiling_counts_one_prediction_per_identical_input():
+    test = _test_frame([
+        ("t1", 0.1, "a"), ("t1", 0.1, "b"), ("t1", 0.1, "b"),  # best: b, 2 of 3
+        ("t2", 0.2, "c"),                                     # 1 of 1
+        ("t3", 0.3, "a"), ("t4", 0.3, "c"),                    # same features: 1 of 2
+    ])
+    assert ev.ceiling_accuracy(test) == pytest.approx(4 / 6)
+
+
+def test_score_on_a_hand_example():
+    test = _test_frame([("t1", 0.1, "a"), ("t2", 0.2, "b"), ("t3", 0.3, "c"), ("t4", 0.4, "c")])
+    proba = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.1, 0.5, 0.4]])
+    result = ev.score("mlp", proba, test, CLASSES, ev.labels_per_track([test]))
+    assert result["accuracy"] == 0.5 and result["top3"] == 1.0
+    assert result["n_test"] == 4 and result["classes"] == 3 and result["ceiling"] == 1.0
+    expected_loss = -np.mean(np.log([0.7, 0.3, 0.8, 0.4]))
+    assert result["log_loss"] == pytest.approx(expected_loss, abs=1e-4)
+    # per-class F1: a 2/3, b 0, c 2/3 -> macro 4/9; weighted (1*2/3 + 1*0 + 2*2/3) / 4 = 1/2
+    assert result["macro_f1"] == pytest.approx(4 / 9, abs=1e-4)
+    assert result["weighted_f1"] == pytest.approx(0.5, abs=1e-4)
+
+
+def test_confusion_and_top_confusions():
+    actual = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    predicted = np.array([0, 1, 1, 2, 1, 0, 2, 2])
+    matrix = ev.confusion_counts(actual, predicted, 3)
+    assert matrix.tolist() == [[1, 2, 1], [1, 1, 0], [0, 0, 2]]
+    table = ev.top_confusions(matrix, CLASSES, k=2)
+    assert table.to_dict("records") == [
+        {"actual": "a", "predicted": "b", "count": 2, "share_of_actual": 0.5},
+        {"actual": "a", "predicted": "c", "count": 1, "share_of_actual": 0.25},
+    ]
+    # never lists the diagonal, stops when the off-diagonal runs out
+    assert len(ev.top_confusions(np.diag([3, 4, 5]), CLASSES)) == 0
+
+
+def test_per_class_scores_sorted_by_f1():
+    scores = ev.per_class_scores(np.array([0, 1, 2, 2]), np.array([0, 0, 2, 2]), CLASSES)
+    assert scores["genre"].tolist() == ["c", "a", "b"]
+    assert scores["support"].tolist() == [2, 1, 1]
+
+
+def test_cluster_order_puts_confused_classes_together():
+    # classes 0 and 2 confuse each other; 1 and 3 confuse each other
+    matrix = np.array([[10, 0, 8, 0], [0, 10, 0, 8], [8, 0, 10, 0], [0, 8, 0, 10]])
+    order = list(ev.cluster_order(matrix))
+    assert abs(order.index(0) - order.index(2)) == 1
+    assert abs(order.index(1) - order.index(3)) == 1
