@@ -118,6 +118,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Like atomic_path, for a directory: fill a temp dir, then swap it in."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
     tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp_path

@@ -125,6 +125,51 @@ def run_cmd(args: list[str], cwd: Path, env_extra: dict | None = None, check=Tru
     return result
 
 
+TINY_TRAINING = {  # seconds, not minutes: these runs test the wiring, not the accuracy
+    "softmax": {"epochs": 2, "batch_size": 64},
+    "mlp": {"epochs": 2, "batch_size": 64, "hidden": [16, 16]},
+    "lstm": {"epochs": 2, "batch_size": 64, "step_units": 8, "lstm_units": [8]},
+}
+
+
+def set_params(repo: Path, changes: dict[str, dict]) -> None:
+    """Update sections of repo/params.yaml in place."""
+    import yaml  # noqa: PLC0415
+
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in changes.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def commit_all(repo: Path, message: str) -> None:
+    run_cmd(["git", "add", "-A"], repo)
+    run_cmd(["git", "-c", "user.name=t", "-c", "user.email=t@e.invalid", "commit", "-qm", message],
+            repo)
+
+
+@pytest.fixture(scope="session")
+def reproduced_repo(tmp_path_factory):
+    """A repo copy after one full `dvc repro` on synthetic data, committed (read-only use:
+    tests that change it work on ``clone_repo(reproduced_repo...)``)."""
+    root = tmp_path_factory.mktemp("e2e")
+    csv = write_tracks_csv(make_tracks(rows_per_genre=80), root / "tracks.csv.gz")
+    repo = copy_repo(root / "repo")
+    set_params(repo, TINY_TRAINING)
+    commit_all(repo, "tiny params")
+    env = {"SPOTIFY_TRACKS_URL": str(csv)}
+    result = run_cmd(["dvc", "repro"], repo, env)
+    commit_all(repo, "run")
+    return repo, env, result
+
+
+def clone_repo(source: Path, dest: Path) -> Path:
+    """A full copy (git history, DVC cache, outputs) to change freely."""
+    shutil.copytree(source, dest, symlinks=True)
+    return dest
+
+
 def real_data_url() -> str | None:
     return os.environ.get("SPOTIFY_TRACKS_URL")
 

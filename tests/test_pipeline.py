@@ -3,42 +3,16 @@
 import json
 
 import pytest
-import yaml
 
-from tests.conftest import copy_repo, make_tracks, run_cmd, write_tracks_csv
+from tests.conftest import clone_repo, run_cmd
 
 pytestmark = pytest.mark.slow
 
-TINY = {  # seconds, not minutes: the point is the wiring, not the accuracy
-    "softmax": {"epochs": 2, "batch_size": 64},
-    "mlp": {"epochs": 2, "batch_size": 64, "hidden": [16, 16]},
-    "lstm": {"epochs": 2, "batch_size": 64, "step_units": 8, "lstm_units": [8]},
-}
-
-
-def tiny_params(repo):
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for family, changes in TINY.items():
-        params[family].update(changes)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
 
 @pytest.fixture(scope="module")
-def pipeline_repo(tmp_path_factory):
-    """A repo copy after one full `dvc repro` on synthetic data, committed."""
-    root = tmp_path_factory.mktemp("e2e")
-    csv = write_tracks_csv(make_tracks(rows_per_genre=80), root / "tracks.csv.gz")
-    repo = root / "repo"
-    copy_repo(repo)
-    tiny_params(repo)
-    env = {"SPOTIFY_TRACKS_URL": str(csv)}
-    run_cmd(["git", "commit", "-qam", "tiny params"], repo)
-    result = run_cmd(["dvc", "repro"], repo, env)
-    run_cmd(["git", "add", "-A"], repo)
-    run_cmd(["git", "-c", "user.name=t", "-c", "user.email=t@e.invalid", "commit", "-qm", "run"],
-            repo)
-    return repo, env, result
+def pipeline_repo(reproduced_repo, tmp_path_factory):
+    repo, env, result = reproduced_repo
+    return clone_repo(repo, tmp_path_factory.mktemp("pipeline") / "repo"), env, result
 
 
 def test_repro_runs_every_stage_and_writes_every_output(pipeline_repo):

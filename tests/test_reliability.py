@@ -1,0 +1,117 @@
+"""Interrupted runs and parallel queued experiments, driven through DVC on synthetic data."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_TRAINING, clone_repo, commit_all, run_cmd, set_params
+
+pytestmark = pytest.mark.slow
+
+OUTPUTS = ["models/mlp.keras", "metrics/train/mlp.json", "plots/train/mlp/curves.png",
+           "plots/train/mlp/plots/metrics/train/loss.tsv"]
+# slow enough to interrupt mid-epoch: batch size 1, many epochs
+SLOW_MLP = {"epochs": 500, "batch_size": 1, "patience": 500}
+
+
+def _digests(repo: Path) -> dict:
+    return {p: hashlib.sha256((repo / p).read_bytes()).hexdigest()
+            for p in OUTPUTS if (repo / p).exists()}
+
+
+def _visible_files(repo: Path, folder: str) -> list[str]:
+    root = repo / folder
+    if not root.exists():
+        return []
+    return sorted(str(p.relative_to(repo)) for p in root.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(repo).parts))
+
+
+def _start_and_kill(args, repo: Path, env_extra: dict, sig: int) -> int:
+    pattern = ".mlp.*.tmp/plots/metrics/train/loss.tsv"
+    stale = set((repo / "plots/train").glob(pattern))  # a SIGKILLed run's leftovers
+    env = dict(os.environ, PYTHONPATH=str(repo), **env_extra)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    proc = subprocess.Popen(args, cwd=repo, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 180
+    # wait until training has finished at least one epoch (DVCLive logged a step)
+    while not set((repo / "plots/train").glob(pattern)) - stale:
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.2)
+    os.killpg(proc.pid, sig)
+    return proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_killed_training_leaves_no_partial_output(reproduced_repo, tmp_path, sig):
+    source, env, _ = reproduced_repo
+    repo = clone_repo(source, tmp_path / "repo")
+    earlier = _digests(repo)
+    assert len(earlier) == len(OUTPUTS)
+
+    # 1. Run directly: the earlier outputs must survive byte for byte.
+    set_params(repo, {"mlp": SLOW_MLP})
+    code = _start_and_kill([sys.executable, "-m", "stages.train", "mlp"], repo, env, sig)
+    assert code != 0
+    assert _digests(repo) == earlier
+
+    # 2. Under `dvc repro` (which deletes a stage's outputs before running it):
+    #    nothing half-written appears in their place.
+    code = _start_and_kill(["dvc", "repro", "train_mlp"], repo, env, sig)
+    assert code != 0
+    assert _visible_files(repo, "models") == ["models/lstm.keras", "models/softmax.keras"]
+    assert not (repo / "metrics/train/mlp.json").exists()
+    assert _visible_files(repo, "plots/train/mlp") == []
+
+    # 3. The next run completes normally and cleans up what a SIGKILL left behind.
+    set_params(repo, {"mlp": TINY_TRAINING["mlp"]})
+    result = run_cmd(["dvc", "repro"], repo, env)
+    assert "Running stage 'train_mlp'" in result.stdout
+    assert len(_digests(repo)) == len(OUTPUTS)
+    assert not list((repo / "plots/train").glob(".mlp.*"))
+    assert run_cmd(["dvc", "status"], repo, env).stdout.strip().endswith("up to date.")
+
+
+def test_training_twice_with_one_seed_gives_the_same_model(reproduced_repo, tmp_path):
+    source, env, _ = reproduced_repo
+    repo = clone_repo(source, tmp_path / "repo")
+    first = json.loads((repo / "metrics/train/mlp.json").read_text())
+    run_cmd(["dvc", "repro", "-f", "-s", "train_mlp"], repo, env)
+    second = json.loads((repo / "metrics/train/mlp.json").read_text())
+    for key in ("val_accuracy", "val_loss", "epochs_run"):
+        assert first[key] == second[key]
+
+
+def test_queued_experiments_run_two_at_a_time(reproduced_repo, tmp_path):
+    source, env, _ = reproduced_repo
+    repo = clone_repo(source, tmp_path / "repo")
+    for setting in ("model=softmax", "model=lstm", "mlp.learning_rate=0.01"):
+        run_cmd(["dvc", "exp", "run", "--queue", "-S", setting], repo, env)
+    run_cmd(["dvc", "queue", "start", "-j", "2"], repo, {**env, "SPOTIFY_GENRE_THREADS": "1"})
+    deadline = time.monotonic() + 600
+    while True:
+        status = run_cmd(["dvc", "queue", "status"], repo, env).stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(3)
+    assert status.count("Success") == 3, status
+    shown = run_cmd(["dvc", "exp", "show", "--csv", "--no-pager"], repo, env).stdout
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(shown)))
+    # 'model' is both a param and a metric; DVC prefixes the metric's column with its file
+    models = sorted(r["metrics/evaluate.json:model"] for r in rows if r.get("Experiment"))
+    assert models == ["lstm", "mlp", "softmax"], shown
+    assert all(r["accuracy"] not in ("", "-") for r in rows if r.get("Experiment"))
+    run_cmd(["dvc", "queue", "stop"], repo, env, check=False)
