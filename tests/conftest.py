@@ -5,18 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from stages.common import FEATURES, RAW_COLUMNS
+from bench.workspace import commit_all, copy_project, run, set_params
+from stages.common import RAW_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
-# What a pipeline run needs from the repository (no data, no outputs).
-REPO_FILES = ["stages", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
 
 
 def make_tracks(genres=("acoustic", "blues", "chill", "dance"), rows_per_genre=40,
@@ -92,32 +90,12 @@ def in_tmp_repo(tmp_path, monkeypatch) -> Path:
 
 
 def copy_repo(dest: Path) -> Path:
-    """A fresh git + DVC checkout of the project code in ``dest`` (no data, no outputs)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in REPO_FILES:
-        src = REPO / name
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, target)
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
-    subprocess.run([*git, "commit", "-qm", "init"], cwd=dest, check=True)
-    return dest
+    return copy_project(REPO, dest)
 
 
 def run_cmd(args: list[str], cwd: Path, env_extra: dict | None = None, check=True,
             timeout=900) -> subprocess.CompletedProcess:
-    """Run a command with this interpreter's bin dir first on PATH (dvc, python)."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(cwd)
-    env.update(env_extra or {})
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=timeout)
+    result = run(args, cwd, env_extra, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(
             f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
@@ -130,23 +108,6 @@ TINY_TRAINING = {  # seconds, not minutes: these runs test the wiring, not the a
     "mlp": {"epochs": 2, "batch_size": 64, "hidden": [16, 16]},
     "lstm": {"epochs": 2, "batch_size": 64, "step_units": 8, "lstm_units": [8]},
 }
-
-
-def set_params(repo: Path, changes: dict[str, dict]) -> None:
-    """Update sections of repo/params.yaml in place."""
-    import yaml  # noqa: PLC0415
-
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for section, values in changes.items():
-        params[section].update(values)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def commit_all(repo: Path, message: str) -> None:
-    run_cmd(["git", "add", "-A"], repo)
-    run_cmd(["git", "-c", "user.name=t", "-c", "user.email=t@e.invalid", "commit", "-qm", message],
-            repo)
 
 
 @pytest.fixture(scope="session")
@@ -172,6 +133,3 @@ def clone_repo(source: Path, dest: Path) -> Path:
 
 def real_data_url() -> str | None:
     return os.environ.get("SPOTIFY_TRACKS_URL")
-
-
-__all__ = ["FEATURES", "make_tracks", "write_tracks_csv", "copy_repo", "run_cmd", "real_data_url"]

@@ -1,0 +1,1 @@
+"""Benchmark of the pipeline on the real data (``python -m bench``)."""

@@ -1,0 +1,68 @@
+"""A throwaway copy of the project to run DVC in: used by the benchmark and the tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+# What a pipeline run needs from the repository (no data, no outputs, no cache).
+PROJECT_FILES = ["stages", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
+GIT = ["git", "-c", "user.name=spotify-genre", "-c", "user.email=bench@example.invalid"]
+
+
+def run(args: list[str], cwd: Path, env_extra: dict | None = None,
+        timeout: float = 3600) -> subprocess.CompletedProcess:
+    """Run a command with this interpreter's bin dir first on PATH (dvc, python)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(cwd)
+    env.update(env_extra or {})
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_checked(args: list[str], cwd: Path, env_extra: dict | None = None, **kwargs) -> str:
+    result = run(args, cwd, env_extra, **kwargs)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def commit_all(repo: Path, message: str) -> None:
+    run_checked([*GIT, "add", "-A"], repo)
+    run_checked([*GIT, "commit", "-qm", message], repo)
+
+
+def copy_project(source: Path, dest: Path) -> Path:
+    """A fresh git + DVC checkout of the project code in ``dest``, committed."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src, target = source / name, dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, target)
+    run_checked(["git", "init", "-q"], dest)
+    commit_all(dest, "init")
+    return dest
+
+
+def set_params(repo: Path, changes: dict[str, dict]) -> None:
+    """Update sections of repo/params.yaml in place."""
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in changes.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def set_param(repo: Path, dotted: str, value: str) -> None:
+    """``section.key=value`` as `dvc exp run -S` reads it (value parsed as YAML)."""
+    section, key = dotted.split(".", 1)
+    set_params(repo, {section: {key: yaml.safe_load(value)}})
