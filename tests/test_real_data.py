@@ -1,0 +1,83 @@
+"""On the real dataset, reached only through SPOTIFY_TRACKS_URL (skipped without it)."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from stages import fetch, merge_genres, split
+from stages.common import SPLITS
+from stages.params import MergeGenresParams, SplitParams, load_section
+from tests.conftest import REPO, copy_repo, real_data_url, run_cmd
+
+pytestmark = [
+    pytest.mark.real_data,
+    pytest.mark.skipif(not real_data_url(), reason="SPOTIFY_TRACKS_URL is not set"),
+]
+
+
+@pytest.fixture(scope="module")
+def clean_frame(tmp_path_factory):
+    out = tmp_path_factory.mktemp("real")
+    report = fetch.fetch(real_data_url(), None, out / "tracks.csv", out / "fetch.json")
+    assert report["rows"] == 114_000
+    frame, counts = split.clean(split.read_raw(out / "tracks.csv"))
+    return frame, counts
+
+
+def test_cleaning_counts(clean_frame):
+    frame, counts = clean_frame
+    assert counts == {"rows_in": 114_000, "dropped_na": 1, "dropped_duplicates": 450,
+                      "rows_clean": 113_549}
+    assert frame["track_genre"].nunique() == 114
+
+
+def test_group_split_shares_no_track(clean_frame):
+    frame, counts = clean_frame
+    params = SplitParams(strategy="group")
+    parts = split.assign_splits(frame, params)
+    report = split.split_report(counts, frame, parts, params)
+    assert report["shared_track_ids"]["total"] == 0
+    assert sum(report["splits"][n]["rows"] for n in SPLITS) == 113_549
+    assert 0.19 < report["splits"]["test"]["share"] < 0.21
+    for name in SPLITS:
+        assert report["splits"][name]["genres"] == 114
+    # the random split is the leaky one
+    random_parts = split.assign_splits(frame, SplitParams(strategy="random"))
+    assert split.split_report(counts, frame, random_parts, params)["shared_track_ids"]["total"] > 1000
+
+
+def test_default_merge_gives_66_classes(clean_frame, monkeypatch):
+    monkeypatch.chdir(REPO)
+    groups = load_section("merge_genres").groups
+    frame, _ = clean_frame
+    mapping = merge_genres.genre_mapping(MergeGenresParams(enabled=True, groups=groups),
+                                         set(frame["track_genre"]))
+    assert len(merge_genres.class_list(mapping)) == 66
+
+
+@pytest.mark.slow
+def test_whole_pipeline_on_real_data_with_few_epochs(tmp_path):
+    """The CI smoke: every stage on the real data, short training (a few minutes)."""
+    repo = copy_repo(tmp_path / "repo")
+    env = {"SPOTIFY_TRACKS_URL": real_data_url()}
+    quick = ["-S", "softmax.epochs=3", "-S", "mlp.epochs=3", "-S", "lstm.epochs=2"]
+    run_cmd(["dvc", "exp", "run", *quick], repo, env, timeout=1200)
+    data = json.loads((repo / "metrics/data.json").read_text())
+    assert data["cleaning"]["rows_clean"] == 113_549
+    assert data["shared_track_ids"]["total"] == 0
+    for name in SPLITS:
+        assert len(pd.read_parquet(repo / f"data/labeled/{name}.parquet")) == \
+            data["splits"][name]["rows"]
+    for path in ("metrics/fetch.json", "metrics/evaluate.json", "plots/confusion.csv",
+                 "plots/confusion.png", "plots/per_genre.csv", "plots/per_genre_f1.png",
+                 "plots/top_confusions.csv"):
+        assert (repo / path).is_file(), path
+    for family in ("softmax", "mlp", "lstm"):
+        assert (repo / f"metrics/train/{family}.json").is_file()
+        assert (repo / f"plots/train/{family}/curves.png").is_file()
+        assert (repo / f"models/{family}.keras").is_file()
+    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert metrics["classes"] == 114 and metrics["n_test"] == data["splits"]["test"]["rows"]
+    assert metrics["accuracy"] > 0.10  # chance is 1/114
+    assert len(pd.read_csv(repo / "plots/top_confusions.csv")) == 20
