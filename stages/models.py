@@ -87,9 +87,19 @@ def build_softmax(train_x: np.ndarray, n_classes: int, p) -> keras.Model:
     return keras.Model(inputs, _output(x, n_classes), name="softmax")
 
 
+def _feature_tokens(x, units: int, name: str):
+    """(n, 15) -> (n, 15, units): each feature's own learned embedding of its value."""
+    return layers.EinsumDense("bf,fd->bfd", output_shape=(len(FEATURES), units),
+                              bias_axes="fd", activation="relu", name=name)(x)
+
+
 def build_mlp(train_x: np.ndarray, n_classes: int, p) -> keras.Model:
     inputs = keras.Input((len(FEATURES),), name="features")
     x = input_block(inputs, train_x, p.inputs)
+    if p.embedding_dim > 0:
+        # per-feature embeddings of the 15 scaled values, in front of the dense layers
+        tokens = _feature_tokens(x[:, : len(FEATURES)], p.embedding_dim, "feature_tokens")
+        x = layers.Concatenate(name="embedded")([layers.Flatten()(tokens), x])
     for depth, units in enumerate(p.hidden):
         x = layers.Dense(units, use_bias=not p.batch_norm, name=f"dense_{depth}")(x)
         if p.batch_norm:
@@ -112,8 +122,7 @@ def build_lstm(train_x: np.ndarray, n_classes: int, p) -> keras.Model:
     x = input_block(inputs, train_x, p.inputs)
     n = len(FEATURES)
     if p.variant == "token":
-        seq = layers.EinsumDense("bf,fd->bfd", output_shape=(n, p.step_units), bias_axes="fd",
-                                 activation="relu", name="feature_tokens")(x)
+        seq = _feature_tokens(x, p.step_units, "feature_tokens")
     else:
         seq = layers.Reshape((n, 1), name="as_sequence")(x)
         if p.variant == "dense_lstm":

@@ -29,6 +29,7 @@ VARIANTS = {
     "mlp-study": ("mlp", {"inputs": "standardized", "hidden": [100, 150, 150, 150],
                           "dropout": 0.2, "dropout_at": "first", "batch_norm": False}),
     "mlp-default": ("mlp", {}),
+    "mlp-embedded": ("mlp", {"embedding_dim": 4, "hidden": [16]}),
     "lstm-dense_lstm-study": ("lstm", {"variant": "dense_lstm", "inputs": "standardized",
                                        "step_units": 250, "lstm_units": [80]}),
     "lstm-stacked-study": ("lstm", {"variant": "stacked", "inputs": "standardized",
