@@ -92,6 +92,27 @@ def plot_learning_curves(history: dict, family: str, path: Path) -> None:
     plt.close(fig)
 
 
+def epoch_line(epoch: int, epochs: int, seconds: float, logs: dict) -> str:
+    """One log line per epoch: Keras' own verbose=2 output takes two."""
+    shown = " - ".join(f"{key} {value:.4f}" for key, value in logs.items()
+                       if key != "learning_rate")
+    return f"epoch {epoch}/{epochs} - {seconds:.1f}s - {shown}"
+
+
+def epoch_printer(epochs: int):
+    import keras  # noqa: PLC0415
+
+    class EpochPrinter(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds = time.perf_counter() - self.started
+            print(epoch_line(epoch + 1, epochs, seconds, logs or {}), flush=True)
+
+    return EpochPrinter()
+
+
 def train(family: str, params, train_frame, val_frame, classes, live_dir: Path | None = None,
           extra_callbacks=()):
     """Fit the family's model; return (model, history dict, summary dict)."""
@@ -106,7 +127,8 @@ def train(family: str, params, train_frame, val_frame, classes, live_dir: Path |
     steps = int(np.ceil(len(x_train) / params.batch_size))
     models.compile_model(model, params, steps)
     callbacks = [keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=params.patience, restore_best_weights=True)]
+        monitor="val_loss", patience=params.patience, restore_best_weights=True),
+        epoch_printer(params.epochs)]
     if live_dir is not None:
         from dvclive import Live  # noqa: PLC0415
         from dvclive.keras import DVCLiveCallback  # noqa: PLC0415
@@ -116,7 +138,7 @@ def train(family: str, params, train_frame, val_frame, classes, live_dir: Path |
     callbacks.extend(extra_callbacks)
     started = time.perf_counter()
     fit = model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=params.epochs,
-                    batch_size=params.batch_size, callbacks=callbacks, verbose=2)
+                    batch_size=params.batch_size, callbacks=callbacks, verbose=0)
     seconds = time.perf_counter() - started
     history = {k: [float(v) for v in values] for k, values in fit.history.items()}
     val_loss, val_acc, val_top5 = model.evaluate(x_val, y_val, batch_size=4096, verbose=0)

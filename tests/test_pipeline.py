@@ -1,6 +1,7 @@
 """End to end: the real dvc.yaml, run by DVC in a fresh git repo, on synthetic data."""
 
 import json
+import re
 
 import pytest
 
@@ -32,6 +33,13 @@ def test_repro_runs_every_stage_and_writes_every_output(pipeline_repo):
     # two epochs on the training split: the learning curve has two points
     lines = (repo / "plots/train/softmax/plots/metrics/train/loss.tsv").read_text().splitlines()
     assert len(lines) == 3
+    # under DVC each family logs exactly one line per epoch, no progress bars
+    epoch_lines = re.findall(r"^epoch \d+/\d+ - .*loss.*val_accuracy", result.stdout, re.M)
+    epochs_run = sum(json.loads((repo / f"metrics/train/{family}.json").read_text())["epochs_run"]
+                     for family in ("softmax", "mlp", "lstm"))
+    assert len(epoch_lines) == epochs_run == 6
+    assert "Epoch 1/" not in result.stdout and "\r" not in result.stdout
+    assert "ms/step" not in result.stdout
 
 
 def test_repro_again_is_a_no_op(pipeline_repo):
