@@ -64,6 +64,23 @@ def ceiling_accuracy(test: pd.DataFrame) -> float:
     return float(best.sum() / len(test))
 
 
+def seen_in_train(test: pd.DataFrame, train: pd.DataFrame) -> np.ndarray:
+    """True for test rows whose 15 feature values occur exactly in the training split.
+
+    The group split keeps each track_id in one split, but the same recording also
+    appears under other track_ids (another release, a compilation) with identical
+    features; those test rows can be answered by memorizing the training set.
+    """
+    def row_hashes(frame):
+        return pd.util.hash_pandas_object(frame[FEATURES], index=False).to_numpy()
+
+    return np.isin(row_hashes(test), row_hashes(train))
+
+
+def _share_right(right: np.ndarray) -> float | None:
+    return round(float(right.mean()), 5) if right.size else None
+
+
 def confusion_counts(actual: np.ndarray, predicted: np.ndarray, n: int) -> np.ndarray:
     matrix = np.zeros((n, n), dtype=np.int64)
     np.add.at(matrix, (actual, predicted), 1)
@@ -96,7 +113,8 @@ def per_class_scores(actual, predicted, classes: list[str]) -> pd.DataFrame:
 
 
 def score(model_name: str, proba: np.ndarray, test: pd.DataFrame, classes: list[str],
-          track_labels: dict[str, set[str]]) -> dict:
+          track_labels: dict[str, set[str]], seen: np.ndarray) -> dict:
+    """Test metrics; ``seen`` marks test rows whose features occur in train (seen_in_train)."""
     index = {c: i for i, c in enumerate(classes)}
     actual = test[LABEL_COLUMN].map(index).to_numpy()
     predicted = proba.argmax(axis=1)
@@ -118,6 +136,10 @@ def score(model_name: str, proba: np.ndarray, test: pd.DataFrame, classes: list[
         "any_genre_accuracy": round(any_genre_accuracy(
             test[ID_COLUMN], np.asarray(classes)[predicted], track_labels), 5),
         "ceiling": round(ceiling_accuracy(test), 5),
+        # accuracy on test rows whose exact features are / are not in the training split
+        "seen_in_train_share": round(float(seen.mean()), 5) if seen.size else 0.0,
+        "accuracy_seen_in_train": _share_right((predicted == actual)[seen]),
+        "accuracy_unseen": _share_right((predicted == actual)[~seen]),
     }
 
 
@@ -197,7 +219,8 @@ def evaluate(model_name: str, model_path: Path, out_metrics: Path, plots_dir: Pa
     splits = {name: read_labeled(name) for name in SPLITS}
     test = splits["test"]
     proba = model.predict(test[FEATURES].to_numpy("float32"), batch_size=4096, verbose=0)
-    result = score(model_name, proba, test, classes, labels_per_track(list(splits.values())))
+    result = score(model_name, proba, test, classes, labels_per_track(list(splits.values())),
+                   seen_in_train(test, splits["train"]))
 
     index = {c: i for i, c in enumerate(classes)}
     actual = test[LABEL_COLUMN].map(index).to_numpy()

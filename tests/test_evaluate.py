@@ -49,14 +49,33 @@ def test_ceiling_counts_one_prediction_per_identical_input():
 def test_score_on_a_hand_example():
     test = _test_frame([("t1", 0.1, "a"), ("t2", 0.2, "b"), ("t3", 0.3, "c"), ("t4", 0.4, "c")])
     proba = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.1, 0.5, 0.4]])
-    result = ev.score("mlp", proba, test, CLASSES, ev.labels_per_track([test]))
+    seen = np.array([True, True, False, False])
+    result = ev.score("mlp", proba, test, CLASSES, ev.labels_per_track([test]), seen)
     assert result["accuracy"] == 0.5 and result["top3"] == 1.0
+    # right: rows 0 and 2 -> 1 of the 2 seen rows, 1 of the 2 unseen rows
+    assert result["seen_in_train_share"] == 0.5
+    assert result["accuracy_seen_in_train"] == 0.5 and result["accuracy_unseen"] == 0.5
     assert result["n_test"] == 4 and result["classes"] == 3 and result["ceiling"] == 1.0
     expected_loss = -np.mean(np.log([0.7, 0.3, 0.8, 0.4]))
     assert result["log_loss"] == pytest.approx(expected_loss, abs=1e-4)
     # per-class F1: a 2/3, b 0, c 2/3 -> macro 4/9; weighted (1*2/3 + 1*0 + 2*2/3) / 4 = 1/2
     assert result["macro_f1"] == pytest.approx(4 / 9, abs=1e-4)
     assert result["weighted_f1"] == pytest.approx(0.5, abs=1e-4)
+
+
+def test_seen_in_train_matches_exact_feature_rows_only():
+    train = _test_frame([("t1", 0.1, "a"), ("t2", 0.2, "b")])
+    test = _test_frame([("t9", 0.1, "c"), ("t8", 0.1000001, "a"), ("t7", 0.3, "a")])
+    np.testing.assert_array_equal(ev.seen_in_train(test, train), [True, False, False])
+
+
+def test_score_with_no_seen_rows_reports_none_not_zero():
+    test = _test_frame([("t1", 0.1, "a"), ("t2", 0.2, "b")])
+    proba = np.array([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1]])
+    result = ev.score("mlp", proba, test, CLASSES, ev.labels_per_track([test]),
+                      np.array([False, False]))
+    assert result["seen_in_train_share"] == 0.0
+    assert result["accuracy_seen_in_train"] is None and result["accuracy_unseen"] == 1.0
 
 
 def test_confusion_and_top_confusions():
