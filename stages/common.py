@@ -81,8 +81,11 @@ def cli(main: Callable[..., None]) -> Callable[..., None]:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
-            print("interrupted: no output was written", file=sys.stderr)
-            sys.exit(130)
+            print("interrupted: no output was written", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            # Temp outputs are already cleaned up on the way here. Skip interpreter
+            # teardown: TensorFlow's worker threads can stall it after an interrupt.
+            os._exit(130)
 
     return wrapper
 
