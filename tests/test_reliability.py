@@ -34,6 +34,12 @@ def _visible_files(repo: Path, folder: str) -> list[str]:
                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(repo).parts))
 
 
+def _default_sigint() -> None:
+    """Ctrl-C semantics in the child even when the tests run as a background job
+    (a non-interactive shell starts those with SIGINT ignored, and children inherit it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_and_kill(args, repo: Path, env_extra: dict, sig: int) -> int:
     pattern = ".mlp.*.tmp/plots/metrics/train/loss.tsv"
     stale = set((repo / "plots/train").glob(pattern))  # a SIGKILLed run's leftovers
@@ -42,7 +48,8 @@ def _start_and_kill(args, repo: Path, env_extra: dict, sig: int) -> int:
     log = repo.parent / f"{repo.name}-{Path(args[-1]).name}-{sig}.log"
     with log.open("w") as stderr:
         proc = subprocess.Popen(args, cwd=repo, env=env, stdout=subprocess.DEVNULL,
-                                stderr=stderr, start_new_session=True)
+                                stderr=stderr, start_new_session=True,
+                                preexec_fn=_default_sigint)
     deadline = time.monotonic() + 180
     # wait until training has finished at least one epoch (DVCLive logged a step)
     while not set((repo / "plots/train").glob(pattern)) - stale:
