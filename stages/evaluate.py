@@ -119,12 +119,13 @@ def score(model_name: str, proba: np.ndarray, test: pd.DataFrame, classes: list[
     actual = test[LABEL_COLUMN].map(index).to_numpy()
     predicted = proba.argmax(axis=1)
     labels = np.arange(len(classes))
+    right = predicted == actual
     clipped = np.clip(proba, 1e-7, 1.0)
     return {
         "model": model_name,
         "classes": len(classes),
         "n_test": int(len(test)),
-        "accuracy": round(float((predicted == actual).mean()), 5),
+        "accuracy": round(float(right.mean()), 5),
         "top3": round(top_k_accuracy(actual, proba, 3), 5),
         "top5": round(top_k_accuracy(actual, proba, 5), 5),
         "macro_f1": round(float(f1_score(actual, predicted, labels=labels, average="macro",
@@ -138,8 +139,8 @@ def score(model_name: str, proba: np.ndarray, test: pd.DataFrame, classes: list[
         "ceiling": round(ceiling_accuracy(test), 5),
         # accuracy on test rows whose exact features are / are not in the training split
         "seen_in_train_share": round(float(seen.mean()), 5) if seen.size else 0.0,
-        "accuracy_seen_in_train": _share_right((predicted == actual)[seen]),
-        "accuracy_unseen": _share_right((predicted == actual)[~seen]),
+        "accuracy_seen_in_train": _share_right(right[seen]),
+        "accuracy_unseen": _share_right(right[~seen]),
     }
 
 
