@@ -11,7 +11,8 @@ from pathlib import Path
 import yaml
 
 # What a pipeline run needs from the repository (no data, no outputs, no cache).
-PROJECT_FILES = ["stages", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
+PROJECT_FILES = ["stages", "taxonomies", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots",
+                 ".dvcignore", ".gitignore"]
 GIT = ["git", "-c", "user.name=spotify-genre", "-c", "user.email=bench@example.invalid"]
 
 

@@ -1,7 +1,9 @@
 """Shared schema, IO and CLI helpers for every stage.
 
 Everything a stage writes goes through the ``atomic_*`` helpers so that an
-interrupted or failed run never leaves a half-written output behind.
+interrupted or failed run never leaves a half-written output behind. Nothing here
+imports TensorFlow (that set-up lives in ``stages.tf_setup``), so that the data
+stages, which depend on this file, don't re-run when the TensorFlow set-up changes.
 """
 
 from __future__ import annotations
@@ -56,7 +58,10 @@ SPLIT_DIR = Path("data/split")
 LABELED_DIR = Path("data/labeled")
 CLASSES_JSON = LABELED_DIR / "classes.json"
 MODELS_DIR = Path("models")
+PUBLISHED_NAME = "genre-classifier"  # the artifact this repository publishes (param `model` picks it)
+PUBLISHED_MODEL = MODELS_DIR / f"{PUBLISHED_NAME}.keras"
 METRICS_DIR = Path("metrics")
+REPORTS_DIR = Path("reports")  # plain outputs (provenance, data statistics, timings): not metrics
 PLOTS_DIR = Path("plots")
 
 
@@ -176,30 +181,11 @@ def read_classes() -> list[str]:
     return list(read_json(CLASSES_JSON))
 
 
-def quiet_tensorflow() -> None:
-    """Silence TensorFlow's C++ logs and make CPU math repeatable; call before importing keras.
-
-    ``SPOTIFY_GENRE_THREADS`` caps TensorFlow's thread pools, so several queued
-    experiments (``dvc queue start -j N``) don't oversubscribe the cores.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    # oneDNN reorders float sums between runs; off gives repeatable results.
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    import absl.logging  # noqa: PLC0415 - must follow the env vars above
-
-    absl.logging.set_verbosity(absl.logging.ERROR)
-    import tensorflow as tf  # noqa: PLC0415
-
-    threads = os.environ.get("SPOTIFY_GENRE_THREADS")
-    if threads:
-        try:
-            n = int(threads)
-            if n < 1:
-                raise ValueError
-        except ValueError:
-            raise UserError(
-                f"SPOTIFY_GENRE_THREADS={threads!r}: must be a whole number >= 1"
-            ) from None
-        tf.config.threading.set_intra_op_parallelism_threads(n)
-        tf.config.threading.set_inter_op_parallelism_threads(1 if n == 1 else 2)
+def label_indices(frame: pd.DataFrame, classes: list[str]):
+    """Each row's label as its position in ``classes`` (the model's output order)."""
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted(set(frame[LABEL_COLUMN]) - set(index))
+    if unknown:
+        raise UserError(f"labels not in the model's class list: {', '.join(unknown[:5])} "
+                        "(re-run merge_genres and retrain: dvc repro)")
+    return frame[LABEL_COLUMN].map(index).to_numpy(dtype="int64")

@@ -1,7 +1,9 @@
-"""Stage evaluate: score the model named by param ``model`` on the test split.
+"""Stage evaluate: score every trained family on the test split.
 
-Writes metrics/evaluate.json and the plots DVC renders (confusion matrix,
-per-genre F1, the most confused genre pairs).
+Writes metrics/test.json (numbers only, so one `dvc exp show` row compares every
+family: accuracy, top-5 and macro-F1 per family, plus the test set's chance and
+ceiling lines) and reports/evaluate.json (every metric of every family, for reading).
+The published model's confusion analysis is the publish stage's job.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import f1_score, log_loss, precision_recall_fscore_support
+from sklearn.metrics import f1_score, log_loss
 
 from stages.common import (
     FEATURES,
@@ -19,18 +21,17 @@ from stages.common import (
     LABEL_COLUMN,
     METRICS_DIR,
     MODELS_DIR,
-    PLOTS_DIR,
+    REPORTS_DIR,
     SPLITS,
-    atomic_path,
     cli,
-    quiet_tensorflow,
+    label_indices,
     read_labeled,
-    write_csv,
     write_json,
 )
-from stages.params import load_model_name
+from stages.params import FAMILIES
 
-TOP_CONFUSIONS = 20
+# what metrics/test.json keeps of each family (the full set goes to the report)
+HEADLINE = ("accuracy", "top5", "macro_f1")
 
 
 # --- metrics (pure functions of labels and probabilities) ----------------------
@@ -64,6 +65,14 @@ def ceiling_accuracy(test: pd.DataFrame) -> float:
     return float(best.sum() / len(test))
 
 
+def chance_accuracy(test: pd.DataFrame) -> float:
+    """The majority-class share: what always answering the largest class scores.
+    Merging genres raises it, so a merged accuracy is only read beside it."""
+    if test.empty:
+        return 0.0
+    return float(test[LABEL_COLUMN].value_counts().iloc[0] / len(test))
+
+
 def seen_in_train(test: pd.DataFrame, train: pd.DataFrame) -> np.ndarray:
     """True for test rows whose 15 feature values occur exactly in the training split.
 
@@ -81,50 +90,26 @@ def _share_right(right: np.ndarray) -> float | None:
     return round(float(right.mean()), 5) if right.size else None
 
 
-def confusion_counts(actual: np.ndarray, predicted: np.ndarray, n: int) -> np.ndarray:
-    matrix = np.zeros((n, n), dtype=np.int64)
-    np.add.at(matrix, (actual, predicted), 1)
-    return matrix
+def test_set_stats(test: pd.DataFrame, seen: np.ndarray, classes: list[str]) -> dict:
+    """What the test set allows, whatever the model: chance and ceiling lines."""
+    return {
+        "classes": len(classes),
+        "rows": int(len(test)),
+        "chance": round(chance_accuracy(test), 5),
+        "ceiling": round(ceiling_accuracy(test), 5),
+        "seen_in_train_share": round(float(seen.mean()), 5) if seen.size else 0.0,
+    }
 
 
-def top_confusions(matrix: np.ndarray, classes: list[str], k: int = TOP_CONFUSIONS) -> pd.DataFrame:
-    """The k largest off-diagonal cells: actual -> predicted, count, share of the actual class."""
-    off = matrix.copy()
-    np.fill_diagonal(off, 0)
-    support = matrix.sum(axis=1)
-    order = np.argsort(-off, axis=None, kind="stable")[:k]
-    rows = []
-    for flat in order:
-        a, p = np.unravel_index(flat, off.shape)
-        if off[a, p] == 0:
-            break
-        rows.append({"actual": classes[a], "predicted": classes[p], "count": int(off[a, p]),
-                     "share_of_actual": round(off[a, p] / support[a], 4)})
-    return pd.DataFrame(rows, columns=["actual", "predicted", "count", "share_of_actual"])
-
-
-def per_class_scores(actual, predicted, classes: list[str]) -> pd.DataFrame:
-    labels = np.arange(len(classes))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        actual, predicted, labels=labels, zero_division=0)
-    frame = pd.DataFrame({"genre": classes, "precision": precision.round(4),
-                          "recall": recall.round(4), "f1": f1.round(4), "support": support})
-    return frame.sort_values(["f1", "genre"], ascending=[False, True]).reset_index(drop=True)
-
-
-def score(model_name: str, proba: np.ndarray, test: pd.DataFrame, classes: list[str],
+def score(proba: np.ndarray, test: pd.DataFrame, classes: list[str],
           track_labels: dict[str, set[str]], seen: np.ndarray) -> dict:
-    """Test metrics; ``seen`` marks test rows whose features occur in train (seen_in_train)."""
-    index = {c: i for i, c in enumerate(classes)}
-    actual = test[LABEL_COLUMN].map(index).to_numpy()
+    """One model's test metrics; ``seen`` marks test rows whose features occur in train."""
+    actual = label_indices(test, classes)
     predicted = proba.argmax(axis=1)
     labels = np.arange(len(classes))
     right = predicted == actual
     clipped = np.clip(proba, 1e-7, 1.0)
     return {
-        "model": model_name,
-        "classes": len(classes),
-        "n_test": int(len(test)),
         "accuracy": round(float(right.mean()), 5),
         "top3": round(top_k_accuracy(actual, proba, 3), 5),
         "top5": round(top_k_accuracy(actual, proba, 5), 5),
@@ -136,120 +121,55 @@ def score(model_name: str, proba: np.ndarray, test: pd.DataFrame, classes: list[
                                          labels=labels)), 5),
         "any_genre_accuracy": round(any_genre_accuracy(
             test[ID_COLUMN], np.asarray(classes)[predicted], track_labels), 5),
-        "ceiling": round(ceiling_accuracy(test), 5),
         # accuracy on test rows whose exact features are / are not in the training split
-        "seen_in_train_share": round(float(seen.mean()), 5) if seen.size else 0.0,
         "accuracy_seen_in_train": _share_right(right[seen]),
         "accuracy_unseen": _share_right(right[~seen]),
     }
 
 
-# --- plots ---------------------------------------------------------------------------
+def headline(report: dict) -> dict:
+    """metrics/test.json: a few numbers per family, then the chance and ceiling lines."""
+    metrics = {family: {key: scores[key] for key in HEADLINE}
+               for family, scores in report["families"].items()}
+    metrics["chance"] = report["test_set"]["chance"]
+    metrics["ceiling"] = report["test_set"]["ceiling"]
+    return metrics
 
 
-def cluster_order(matrix: np.ndarray) -> np.ndarray:
-    """Order classes so that genres confused with each other sit together."""
-    from scipy.cluster.hierarchy import leaves_list, linkage  # noqa: PLC0415
-    from scipy.spatial.distance import squareform  # noqa: PLC0415
+def evaluate(families, models_dir: Path = MODELS_DIR) -> dict:
+    """Score each family's saved model on the test split; return the full report."""
+    from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
 
-    n = matrix.shape[0]
-    if n < 3:
-        return np.arange(n)
-    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    similarity = (rates + rates.T) / 2
-    np.fill_diagonal(similarity, 0)
-    distance = similarity.max() - similarity
-    np.fill_diagonal(distance, 0)
-    return leaves_list(linkage(squareform(distance, checks=False), method="average"))
-
-
-def _pyplot():
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    plt = _pyplot()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-
-
-def plot_confusion(matrix: np.ndarray, classes: list[str], title: str, path: Path) -> None:
-    plt = _pyplot()
-    order = cluster_order(matrix)
-    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    rates = rates[np.ix_(order, order)]
-    names = [classes[i] for i in order]
-    side = max(6.0, 0.16 * len(classes) + 2)
-    fig, ax = plt.subplots(figsize=(side + 1.5, side))
-    image = ax.imshow(rates, cmap="viridis", vmin=0, vmax=max(rates.max(), 1e-9))
-    font = 10 if len(classes) <= 30 else 6.5
-    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=font)
-    ax.set_yticks(range(len(names)), names, fontsize=font)
-    ax.set_xlabel("predicted genre")
-    ax.set_ylabel("actual genre")
-    ax.set_title(f"{title}\nrow-normalised; genres ordered by clustering the confusions")
-    fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01, label="share of the actual genre")
-    _save(fig, path)
-
-
-def plot_per_genre_f1(scores: pd.DataFrame, title: str, path: Path) -> None:
-    plt = _pyplot()
-    ordered = scores.sort_values("f1")
-    height = max(4.0, 0.14 * len(ordered) + 1.5)
-    fig, ax = plt.subplots(figsize=(7, height))
-    ax.barh(ordered["genre"], ordered["f1"], color="tab:blue")
-    ax.set_ylim(-0.6, len(ordered) - 0.4)
-    ax.tick_params(axis="y", labelsize=10 if len(ordered) <= 30 else 6.5)
-    ax.set_xlabel("F1 on the test split")
-    ax.set_title(title)
-    ax.grid(axis="x", alpha=0.3)
-    _save(fig, path)
-
-
-def evaluate(model_name: str, model_path: Path, out_metrics: Path, plots_dir: Path) -> dict:
     quiet_tensorflow()
-    from stages.train import load_model  # noqa: PLC0415
+    from stages.model_files import load_model, predict_proba  # noqa: PLC0415
 
-    model, classes = load_model(model_path)
     splits = {name: read_labeled(name) for name in SPLITS}
     test = splits["test"]
-    proba = model.predict(test[FEATURES].to_numpy("float32"), batch_size=4096, verbose=0)
-    result = score(model_name, proba, test, classes, labels_per_track(list(splits.values())),
-                   seen_in_train(test, splits["train"]))
-
-    index = {c: i for i, c in enumerate(classes)}
-    actual = test[LABEL_COLUMN].map(index).to_numpy()
-    predicted = proba.argmax(axis=1)
-    matrix = confusion_counts(actual, predicted, len(classes))
-    names = np.asarray(classes)
-    write_csv(plots_dir / "confusion.csv",
-              pd.DataFrame({"actual": names[actual], "predicted": names[predicted]}))
-    scores = per_class_scores(actual, predicted, classes)
-    write_csv(plots_dir / "per_genre.csv", scores)
-    write_csv(plots_dir / "top_confusions.csv", top_confusions(matrix, classes))
-    title = f"{model_name}: test accuracy {result['accuracy']:.3f}, {len(classes)} classes"
-    plot_confusion(matrix, classes, title, plots_dir / "confusion.png")
-    plot_per_genre_f1(scores, f"{model_name}: per-genre F1 (macro {result['macro_f1']:.3f})",
-                      plots_dir / "per_genre_f1.png")
-    write_json(out_metrics, result)
-    return result
+    track_labels = labels_per_track(list(splits.values()))
+    seen = seen_in_train(test, splits["train"])
+    x_test = test[FEATURES].to_numpy("float32")
+    report = {"families": {}}
+    for family in families:
+        model, classes = load_model(models_dir / f"{family}.keras")
+        report["families"][family] = score(predict_proba(model, x_test), test, classes,
+                                           track_labels, seen)
+    report["test_set"] = test_set_stats(test, seen, classes)
+    return report
 
 
 @cli
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args(argv)
-    name = load_model_name()
-    result = evaluate(name, MODELS_DIR / f"{name}.keras", METRICS_DIR / "evaluate.json", PLOTS_DIR)
-    print(f"evaluate {name}: accuracy {result['accuracy']:.4f}, top5 {result['top5']:.4f}, "
-          f"macro-F1 {result['macro_f1']:.4f}, any-genre {result['any_genre_accuracy']:.4f}, "
-          f"ceiling {result['ceiling']:.4f}")
+    report = evaluate(FAMILIES)
+    write_json(REPORTS_DIR / "evaluate.json", report)
+    write_json(METRICS_DIR / "test.json", headline(report))
+    stats = report["test_set"]
+    for family, scores in report["families"].items():
+        print(f"evaluate {family}: accuracy {scores['accuracy']:.4f}, top5 {scores['top5']:.4f}, "
+              f"macro-F1 {scores['macro_f1']:.4f}, any-genre {scores['any_genre_accuracy']:.4f}")
+    print(f"evaluate: {stats['rows']} test rows, {stats['classes']} classes, "
+          f"chance {stats['chance']:.4f}, ceiling {stats['ceiling']:.4f}")
 
 
 if __name__ == "__main__":

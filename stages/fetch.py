@@ -1,8 +1,11 @@
 """Stage fetch: download (or copy) the Spotify Tracks CSV, validate it, write data/raw/tracks.csv.
 
 The source is param ``fetch.url``; the environment variable SPOTIFY_TRACKS_URL
-overrides it. Either may be an http(s) URL, a file:// URL or a plain path, to a
-plain or gzip-compressed CSV. Nothing is written unless the data is valid.
+overrides it (a local copy, say). Either may be an http(s) URL, a file:// URL or a
+plain path, to a plain or gzip-compressed CSV. Whatever the source, the decompressed
+bytes must have the sha256 in param ``fetch.sha256`` (pinned to the published file),
+so DVC's record of the data holds even when the override is used. Nothing is
+written unless the data is valid.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ import pandas as pd
 from stages.common import (
     FEATURES,
     INDEX_COLUMN,
-    METRICS_DIR,
     NUMERIC_COLUMNS,
     RAW_COLUMNS,
     RAW_CSV,
+    REPORTS_DIR,
     UserError,
     atomic_path,
     cli,
@@ -169,27 +172,44 @@ def _check_boolean(column: pd.Series, source: str) -> None:
         )
 
 
-def fetch(source: str, expected_sha256: str | None, out_csv: Path, out_metrics: Path,
+def provenance_name(source: str) -> str:
+    """How the source is recorded in the committed report: an http(s) URL without its
+    query (it may hold a token), a local file by its base name only (a path of one
+    machine says nothing to another; the sha256 identifies the data)."""
+    if _is_http(source):
+        parsed = urllib.parse.urlparse(source)
+        host = parsed.hostname + (f":{parsed.port}" if parsed.port else "")  # no user:password@
+        return urllib.parse.urlunparse((parsed.scheme, host, parsed.path, "", "", ""))
+    return _local_path(source).name
+
+
+def check_sha256(digest: str, expected: str | None, source: str) -> None:
+    if expected and digest != expected.lower():
+        raise UserError(
+            f"{source}: sha256 mismatch: expected {expected.lower()} (fetch.sha256), got {digest}; "
+            "to use this file on purpose: dvc exp run -S fetch.sha256=" + digest
+        )
+
+
+def fetch(source: str, expected_sha256: str | None, out_csv: Path, out_report: Path,
           **read_kwargs) -> dict:
     raw = read_source(source, **read_kwargs)
     csv_bytes = decode(raw, source)
     digest = hashlib.sha256(csv_bytes).hexdigest()
-    if expected_sha256 and digest != expected_sha256.lower():
-        raise UserError(
-            f"{source}: sha256 {digest} does not match fetch.sha256 {expected_sha256}"
-        )
+    check_sha256(digest, expected_sha256, source)
     frame = parse_tracks(csv_bytes, source)
     with atomic_path(out_csv) as tmp:
         tmp.write_bytes(csv_bytes)
     report = {
-        "source": source,
+        "source": provenance_name(source),
+        "sha256_pinned": bool(expected_sha256),
         "sha256": digest,
         "bytes": len(csv_bytes),
         "rows": int(len(frame)),
         "columns": int(frame.shape[1]),
         "features": len(FEATURES),
     }
-    write_json(out_metrics, report)
+    write_json(out_report, report)
     return report
 
 
@@ -197,13 +217,14 @@ def fetch(source: str, expected_sha256: str | None, out_csv: Path, out_metrics: 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RAW_CSV)
-    parser.add_argument("--metrics", type=Path, default=METRICS_DIR / "fetch.json")
+    parser.add_argument("--report", type=Path, default=REPORTS_DIR / "fetch.json")
     args = parser.parse_args(argv)
     params = load_section("fetch")
     source = resolve_source(params.url)
-    report = fetch(source, params.sha256, args.out, args.metrics)
+    report = fetch(source, params.sha256, args.out, args.report)
+    checked = "matches fetch.sha256" if report["sha256_pinned"] else "fetch.sha256 not set"
     print(f"fetch: {report['rows']} rows, {report['bytes']} bytes, sha256 {report['sha256']} "
-          f"from {source}")
+          f"({checked}) from {source}")
 
 
 if __name__ == "__main__":

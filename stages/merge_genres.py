@@ -1,8 +1,10 @@
 """Stage merge_genres: add the training label (a genre, or a merged genre group) to each split.
 
 With ``merge_genres.enabled: false`` the label is the genre itself (114 classes on
-the real data); with ``true`` the genres listed under a target in
-``merge_genres.groups`` are folded into it (the study's 114 -> 66 merge).
+the real data); with ``true`` the genres listed under a class in
+taxonomies/study.yaml are folded into it (the study's 114 -> 66 merge). The groups
+live in that file, a dependency of this stage, rather than in params.yaml: as
+params they made 200-character cells in `dvc exp show`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from stages.common import (
     GENRE_COLUMN,
@@ -24,22 +27,44 @@ from stages.common import (
     write_json,
     write_parquet,
 )
-from stages.params import MergeGenresParams, load_section
+from stages.params import load_section
+
+GROUPS_FILE = Path("taxonomies/study.yaml")
 
 
-def genre_mapping(params: MergeGenresParams, genres: set[str]) -> dict[str, str]:
-    """Map every genre present in the data to its class; reject genres the data lacks."""
+def read_groups(path: Path = GROUPS_FILE) -> dict[str, list[str]]:
+    """The merge groups file: {merged class: [genres]}, each genre under one class only."""
+    try:
+        groups = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise UserError(f"{path}:{f' line {mark.line + 1}:' if mark else ''} not valid YAML") from None
+    if not isinstance(groups, dict):
+        raise UserError(f"{path}: must map each merged class to a list of genres")
+    owner: dict[str, str] = {}
+    for target, sources in groups.items():
+        if not isinstance(sources, list) or not all(isinstance(g, str) for g in sources):
+            raise UserError(f"{path}: {target}: must be a list of genre names, got {sources!r}")
+        for genre in sources:
+            if genre in owner and owner[genre] != target:
+                raise UserError(f"{path}: genre {genre!r} is listed under two classes: "
+                                f"{owner[genre]!r} and {target!r}")
+            owner[genre] = target
+    return {str(target): list(sources) for target, sources in groups.items()}
+
+
+def genre_mapping(groups: dict[str, list[str]] | None, genres: set[str],
+                  source: Path = GROUPS_FILE) -> dict[str, str]:
+    """Map every genre present in the data to its class; ``None``: no merging."""
     mapping = {g: g for g in genres}
-    if not params.enabled:
+    if groups is None:
         return mapping
-    unknown = sorted(
-        g for sources in params.groups.values() for g in sources if g not in genres
-    )
+    unknown = sorted(g for sources in groups.values() for g in sources if g not in genres)
     if unknown:
-        raise UserError(
-            f"params.yaml: merge_genres.groups names genre(s) not in the data: {', '.join(unknown)}"
-        )
-    for target, sources in params.groups.items():
+        raise UserError(f"{source}: names genre(s) not in the data: {', '.join(unknown)}")
+    for target, sources in groups.items():
         for genre in sources:
             mapping[genre] = target
     return mapping
@@ -63,19 +88,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--in-dir", type=Path, default=SPLIT_DIR)
     parser.add_argument("--out-dir", type=Path, default=LABELED_DIR)
+    parser.add_argument("--groups", type=Path, default=GROUPS_FILE)
     args = parser.parse_args(argv)
     params = load_section("merge_genres")
+    groups = read_groups(args.groups) if params.enabled else None
     splits = {name: read_parquet(args.in_dir / f"{name}.parquet") for name in SPLITS}
     genres = set().union(*(set(f[GENRE_COLUMN]) for f in splits.values()))
     if not genres:
         raise UserError(f"{args.in_dir}: the splits hold no rows")
-    mapping = genre_mapping(params, genres)
+    mapping = genre_mapping(groups, genres, args.groups)
     for name, frame in add_labels(splits, mapping).items():
         write_parquet(args.out_dir / f"{name}.parquet", frame)
     classes = class_list(mapping)
     write_json(args.out_dir / "classes.json", classes)
     print(f"merge_genres: {len(genres)} genres -> {len(classes)} classes "
-          f"({'merged' if params.enabled else 'not merged'})")
+          f"({'merged as in ' + str(args.groups) if params.enabled else 'not merged'})")
 
 
 if __name__ == "__main__":

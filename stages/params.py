@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stages.common import UserError
 
@@ -36,21 +36,8 @@ class SplitParams(Section):
 
 
 class MergeGenresParams(Section):
+    # true: fold genres as taxonomies/study.yaml lists them (the study's 114 -> 66)
     enabled: bool = False
-    groups: dict[str, list[str]] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _each_genre_under_one_target(self):
-        owner: dict[str, str] = {}
-        for target, sources in self.groups.items():
-            for genre in sources:
-                if genre in owner and owner[genre] != target:
-                    raise ValueError(
-                        f"genre {genre!r} is listed under two targets: "
-                        f"{owner[genre]!r} and {target!r}"
-                    )
-                owner[genre] = target
-        return self
 
 
 PositiveInt = Annotated[int, Field(ge=1)]

@@ -2,10 +2,11 @@
 
     python -m stages.predict MODEL INPUT.csv [-k 3] [-o OUT.csv]
 
-MODEL is a family name (softmax, mlp, lstm -> models/NAME.keras) or a path to a
-.keras file. INPUT.csv needs the 15 feature columns, in any order; other
-columns are ignored, except track_id, which is passed through. Rows with a
-missing or non-numeric feature are reported on stderr and skipped.
+MODEL is a family name (softmax, mlp, lstm -> models/NAME.keras), genre-classifier
+(the published model, models/genre-classifier.keras) or a path to a .keras file
+(e.g. one fetched with `dvc artifacts get`). INPUT.csv needs the 15 feature
+columns, in any order; other columns are ignored, except track_id, which is passed
+through. Rows with a missing or non-numeric feature are reported on stderr and skipped.
 """
 
 from __future__ import annotations
@@ -18,15 +19,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.common import FEATURES, ID_COLUMN, MODELS_DIR, UserError, atomic_path, cli
+from stages.common import (
+    FEATURES,
+    ID_COLUMN,
+    MODELS_DIR,
+    PUBLISHED_NAME,
+    UserError,
+    atomic_path,
+    cli,
+)
 from stages.params import FAMILIES
 
 MAX_REPORTED_ROWS = 20
-BATCH = 16384
 
 
 def model_path(name: str) -> Path:
-    return MODELS_DIR / f"{name}.keras" if name in FAMILIES else Path(name)
+    known = (*FAMILIES, PUBLISHED_NAME)
+    return MODELS_DIR / f"{name}.keras" if name in known else Path(name)
 
 
 def read_input(path: Path) -> pd.DataFrame:
@@ -67,13 +76,6 @@ def parse_features(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[st
     return numbers.to_numpy(dtype="float32")[usable], usable, problems
 
 
-def predict_proba(model, features: np.ndarray) -> np.ndarray:
-    # direct calls in large batches: much faster than model.predict for small models
-    parts = [np.asarray(model(features[i : i + BATCH], training=False))
-             for i in range(0, len(features), BATCH)]
-    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype="float32")
-
-
 def top_k_table(proba: np.ndarray, classes: list[str], k: int) -> pd.DataFrame:
     k = min(k, proba.shape[1])
     top = np.argsort(-proba, axis=1, kind="stable")[:, :k]
@@ -86,8 +88,8 @@ def top_k_table(proba: np.ndarray, classes: list[str], k: int) -> pd.DataFrame:
 
 
 def predict_file(model_name: str, input_path: Path, k: int) -> tuple[pd.DataFrame, list[str]]:
-    from stages.common import quiet_tensorflow  # noqa: PLC0415
-    from stages.train import load_model  # noqa: PLC0415
+    from stages.model_files import load_model, predict_proba  # noqa: PLC0415
+    from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
 
     frame = read_input(input_path)
     features, rows, problems = parse_features(frame)
@@ -106,7 +108,7 @@ def predict_file(model_name: str, input_path: Path, k: int) -> tuple[pd.DataFram
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m stages.predict", description="Label tracks with a trained model.")
-    parser.add_argument("model", help="softmax | mlp | lstm, or a path to a .keras file")
+    parser.add_argument("model", help="softmax | mlp | lstm | genre-classifier, or a path to a .keras file")
     parser.add_argument("input", type=Path, help="CSV with the 15 feature columns")
     parser.add_argument("-k", type=int, default=3, help="how many genres per track (default 3)")
     parser.add_argument("-o", "--output", type=Path, help="output CSV (default: stdout)")
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"-k {args.k}: must be >= 1")
     model_file = model_path(args.model)
     if not model_file.is_file():
-        raise UserError(f"{model_file}: model file not found (train it: dvc repro)")
+        raise UserError(f"{model_file}: model file not found (train it: dvc repro, or get it: dvc pull)")
     table, problems = predict_file(args.model, args.input, args.k)
     for message in problems[:MAX_REPORTED_ROWS]:
         print(f"{args.input}: {message}", file=sys.stderr)

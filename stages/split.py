@@ -20,8 +20,8 @@ from stages.common import (
     GENRE_COLUMN,
     ID_COLUMN,
     INDEX_COLUMN,
-    METRICS_DIR,
     RAW_CSV,
+    REPORTS_DIR,
     SPLIT_DIR,
     SPLITS,
     UserError,
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--raw", type=Path, default=RAW_CSV)
     parser.add_argument("--out-dir", type=Path, default=SPLIT_DIR)
-    parser.add_argument("--metrics", type=Path, default=METRICS_DIR / "data.json")
+    parser.add_argument("--report", type=Path, default=REPORTS_DIR / "data.json")
     args = parser.parse_args(argv)
     params = load_section("split")
     frame, counts = clean(read_raw(args.raw))
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in SPLITS:
         write_parquet(args.out_dir / f"{name}.parquet", splits[name])
     report = split_report(counts, frame, splits, params)
-    write_json(args.metrics, report)
+    write_json(args.report, report)
     sizes = ", ".join(f"{n} {report['splits'][n]['rows']}" for n in SPLITS)
     print(f"split ({params.strategy}): {counts['rows_clean']} clean rows -> {sizes}; "
           f"shared track_ids {report['shared_track_ids']['total']}")

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from stages import evaluate as ev
+from stages import publish as pub
 from stages.common import FEATURES
 
 CLASSES = ["a", "b", "c"]
@@ -50,12 +51,15 @@ def test_score_on_a_hand_example():
     test = _test_frame([("t1", 0.1, "a"), ("t2", 0.2, "b"), ("t3", 0.3, "c"), ("t4", 0.4, "c")])
     proba = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.1, 0.5, 0.4]])
     seen = np.array([True, True, False, False])
-    result = ev.score("mlp", proba, test, CLASSES, ev.labels_per_track([test]), seen)
+    result = ev.score(proba, test, CLASSES, ev.labels_per_track([test]), seen)
     assert result["accuracy"] == 0.5 and result["top3"] == 1.0
     # right: rows 0 and 2 -> 1 of the 2 seen rows, 1 of the 2 unseen rows
-    assert result["seen_in_train_share"] == 0.5
     assert result["accuracy_seen_in_train"] == 0.5 and result["accuracy_unseen"] == 0.5
-    assert result["n_test"] == 4 and result["classes"] == 3 and result["ceiling"] == 1.0
+    stats = ev.test_set_stats(test, seen, CLASSES)
+    assert stats == {"classes": 3, "rows": 4, "chance": 0.5, "ceiling": 1.0,
+                     "seen_in_train_share": 0.5}
+    # metrics are numbers only: no strings that `dvc metrics diff` can't compare
+    assert all(isinstance(v, float) for v in result.values())
     expected_loss = -np.mean(np.log([0.7, 0.3, 0.8, 0.4]))
     assert result["log_loss"] == pytest.approx(expected_loss, abs=1e-4)
     # per-class F1: a 2/3, b 0, c 2/3 -> macro 4/9; weighted (1*2/3 + 1*0 + 2*2/3) / 4 = 1/2
@@ -72,28 +76,49 @@ def test_seen_in_train_matches_exact_feature_rows_only():
 def test_score_with_no_seen_rows_reports_none_not_zero():
     test = _test_frame([("t1", 0.1, "a"), ("t2", 0.2, "b")])
     proba = np.array([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1]])
-    result = ev.score("mlp", proba, test, CLASSES, ev.labels_per_track([test]),
-                      np.array([False, False]))
-    assert result["seen_in_train_share"] == 0.0
+    result = ev.score(proba, test, CLASSES, ev.labels_per_track([test]), np.array([False, False]))
+    assert ev.test_set_stats(test, np.array([False, False]), CLASSES)["seen_in_train_share"] == 0.0
     assert result["accuracy_seen_in_train"] is None and result["accuracy_unseen"] == 1.0
+
+
+def test_chance_is_the_majority_class_share():
+    test = _test_frame([("t1", 0.1, "a"), ("t2", 0.2, "b"), ("t3", 0.3, "b"), ("t4", 0.4, "c")])
+    assert ev.chance_accuracy(test) == 0.5
+    assert ev.chance_accuracy(test.iloc[:0]) == 0.0
+
+
+def test_headline_metrics_hold_every_family_and_only_numbers():
+    report = {
+        "families": {f: {"accuracy": 0.3, "top3": 0.5, "top5": 0.6, "macro_f1": 0.2,
+                         "log_loss": 2.0, "accuracy_seen_in_train": None}
+                     for f in ("softmax", "mlp", "lstm")},
+        "test_set": {"classes": 3, "rows": 4, "chance": 0.25, "ceiling": 0.9,
+                     "seen_in_train_share": 0.0},
+    }
+    assert ev.headline(report) == {
+        "softmax": {"accuracy": 0.3, "top5": 0.6, "macro_f1": 0.2},
+        "mlp": {"accuracy": 0.3, "top5": 0.6, "macro_f1": 0.2},
+        "lstm": {"accuracy": 0.3, "top5": 0.6, "macro_f1": 0.2},
+        "chance": 0.25, "ceiling": 0.9,
+    }
 
 
 def test_confusion_and_top_confusions():
     actual = np.array([0, 0, 0, 0, 1, 1, 2, 2])
     predicted = np.array([0, 1, 1, 2, 1, 0, 2, 2])
-    matrix = ev.confusion_counts(actual, predicted, 3)
+    matrix = pub.confusion_counts(actual, predicted, 3)
     assert matrix.tolist() == [[1, 2, 1], [1, 1, 0], [0, 0, 2]]
-    table = ev.top_confusions(matrix, CLASSES, k=2)
+    table = pub.top_confusions(matrix, CLASSES, k=2)
     assert table.to_dict("records") == [
-        {"actual": "a", "predicted": "b", "count": 2, "share_of_actual": 0.5},
-        {"actual": "a", "predicted": "c", "count": 1, "share_of_actual": 0.25},
+        {"pair": "a → b", "actual": "a", "predicted": "b", "count": 2, "share_of_actual": 0.5},
+        {"pair": "a → c", "actual": "a", "predicted": "c", "count": 1, "share_of_actual": 0.25},
     ]
     # never lists the diagonal, stops when the off-diagonal runs out
-    assert len(ev.top_confusions(np.diag([3, 4, 5]), CLASSES)) == 0
+    assert len(pub.top_confusions(np.diag([3, 4, 5]), CLASSES)) == 0
 
 
 def test_per_class_scores_sorted_by_f1():
-    scores = ev.per_class_scores(np.array([0, 1, 2, 2]), np.array([0, 0, 2, 2]), CLASSES)
+    scores = pub.per_class_scores(np.array([0, 1, 2, 2]), np.array([0, 0, 2, 2]), CLASSES)
     assert scores["genre"].tolist() == ["c", "a", "b"]
     assert scores["support"].tolist() == [2, 1, 1]
 
@@ -101,6 +126,6 @@ def test_per_class_scores_sorted_by_f1():
 def test_cluster_order_puts_confused_classes_together():
     # classes 0 and 2 confuse each other; 1 and 3 confuse each other
     matrix = np.array([[10, 0, 8, 0], [0, 10, 0, 8], [8, 0, 10, 0], [0, 8, 0, 10]])
-    order = list(ev.cluster_order(matrix))
+    order = list(pub.cluster_order(matrix))
     assert abs(order.index(0) - order.index(2)) == 1
     assert abs(order.index(1) - order.index(3)) == 1

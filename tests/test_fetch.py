@@ -26,7 +26,16 @@ def test_plain_csv_is_copied_byte_for_byte_with_metrics(tmp_path, tracks_csv, tr
     assert saved["rows"] == len(tracks)
     assert saved["sha256"] == hashlib.sha256(tracks_csv.read_bytes()).hexdigest()
     assert saved["bytes"] == tracks_csv.stat().st_size
-    assert saved["source"] == str(tracks_csv)
+    # a local copy is recorded by its base name: no path of this machine in a committed file
+    assert saved["source"] == "tracks.csv" and saved["sha256_pinned"] is False
+
+
+def test_provenance_names_carry_no_local_path_or_credentials():
+    name = fetch_stage.provenance_name
+    assert name("https://user:secret@example.org:8443/d/dataset.csv?token=abc#x") == \
+        "https://example.org:8443/d/dataset.csv"
+    assert name("/home/someone/Downloads/dataset.csv.gz") == "dataset.csv.gz"
+    assert name("file:///srv/data/spotify_tracks.csv") == "spotify_tracks.csv"
 
 
 def test_gzip_and_file_url_are_decompressed(tmp_path, tracks):
@@ -42,10 +51,35 @@ def test_env_var_overrides_param():
 
 def test_sha256_param_is_checked(tmp_path, tracks_csv):
     good = hashlib.sha256(tracks_csv.read_bytes()).hexdigest()
-    run_fetch(tracks_csv, tmp_path, sha=good.upper())
-    with pytest.raises(UserError, match="does not match fetch.sha256"):
+    _, report_file, _ = run_fetch(tracks_csv, tmp_path, sha=good.upper())
+    assert json.loads(report_file.read_text())["sha256_pinned"] is True
+    with pytest.raises(UserError) as excinfo:
         run_fetch(tracks_csv, tmp_path / "b", sha="0" * 64)
-    assert not (tmp_path / "b" / "out" / "tracks.csv").exists()
+    # one line naming both hashes, and how to accept the file on purpose
+    assert str(excinfo.value) == (
+        f"{tracks_csv}: sha256 mismatch: expected {'0' * 64} (fetch.sha256), got {good}; "
+        f"to use this file on purpose: dvc exp run -S fetch.sha256={good}")
+    assert not (tmp_path / "b" / "out").exists()
+
+
+def test_the_default_params_pin_the_published_file(monkeypatch):
+    from stages.params import load_section
+
+    monkeypatch.chdir(REPO)
+    pinned = load_section("fetch").sha256
+    # SHA-256 of the decompressed published CSV (see README, "The data")
+    assert pinned == "b202fa49909b2d5cef71a04b1d21243cfeb36414535f2ca9272aa646721177bd"
+
+
+def test_every_source_must_match_the_pinned_hash(tmp_path, tracks, http_root):
+    """The env override, a path, a file:// URL and http all go through the same check."""
+    root, base = http_root
+    gz = write_tracks_csv(tracks, root / "dataset.csv.gz")
+    good = hashlib.sha256(gzip.decompress(gz.read_bytes())).hexdigest()
+    for i, source in enumerate([str(gz), gz.as_uri(), f"{base}/dataset.csv.gz"]):
+        run_fetch(source, tmp_path / f"ok{i}", sha=good)
+        with pytest.raises(UserError, match=f"expected {'1' * 64} \\(fetch.sha256\\), got {good}"):
+            run_fetch(source, tmp_path / f"bad{i}", sha="1" * 64)
 
 
 @pytest.fixture

@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 
-from stages.common import FEATURES, quiet_tensorflow
+from stages.common import FEATURES
 from stages.params import validate
+from stages.tf_setup import quiet_tensorflow
 from tests.conftest import make_tracks
 
 quiet_tensorflow()
 
-from stages import models, train  # noqa: E402
+from stages import model_files, models, train  # noqa: E402
 
 CLASSES = ["acoustic", "blues", "chill", "dance"]
 
@@ -51,9 +52,9 @@ def test_builder_fits_and_round_trips(name, frames, tmp_path):
     raw = val_frame[FEATURES].to_numpy("float32")
     before = model.predict(raw, verbose=0)
     path = tmp_path / f"{family}.keras"
-    train.save_model(model, path, CLASSES)
+    model_files.save_model(model, path, CLASSES)
     plain = keras.models.load_model(path)  # nothing but Keras needed
-    loaded, classes = train.load_model(path)
+    loaded, classes = model_files.load_model(path)
     assert classes == CLASSES
     np.testing.assert_array_equal(plain.predict(raw, verbose=0), before)
     np.testing.assert_array_equal(loaded.predict(raw, verbose=0), before)
@@ -94,5 +95,5 @@ def test_non_finite_training_features_are_a_clear_error():
 def test_labels_outside_the_class_list_are_a_clear_error(frames):
     from stages.common import UserError
 
-    with pytest.raises(UserError, match="labels not in classes.json: dance"):
+    with pytest.raises(UserError, match="labels not in the model.s class list: dance"):
         train.features_and_labels(frames[0], CLASSES[:3])

@@ -48,7 +48,7 @@ def test_invalid_yaml_and_missing_section(tmp_path):
 
 @pytest.mark.parametrize("value", ["0", "two", "-1"])
 def test_bad_thread_cap_is_a_clear_error(monkeypatch, value):
-    from stages.common import quiet_tensorflow
+    from stages.tf_setup import quiet_tensorflow
 
     monkeypatch.setenv("SPOTIFY_GENRE_THREADS", value)
     with pytest.raises(UserError, match=f"SPOTIFY_GENRE_THREADS='{value}': must be a whole number >= 1"):

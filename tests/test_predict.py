@@ -5,8 +5,8 @@ import sys
 import pandas as pd
 import pytest
 
-from stages.common import quiet_tensorflow
 from stages.params import validate
+from stages.tf_setup import quiet_tensorflow
 from tests.conftest import REPO, make_tracks
 
 quiet_tensorflow()
@@ -14,7 +14,7 @@ quiet_tensorflow()
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    from stages import train
+    from stages import model_files, train
     from stages.split import clean
 
     frame, _ = clean(make_tracks(rows_per_genre=30))
@@ -23,7 +23,7 @@ def model_file(tmp_path_factory):
     params = validate("softmax", {"epochs": 1, "batch_size": 32})
     model, _, _ = train.train("softmax", params, frame, frame, classes)
     path = tmp_path_factory.mktemp("model") / "softmax.keras"
-    train.save_model(model, path, classes)
+    model_files.save_model(model, path, classes)
     return path, classes
 
 
@@ -80,7 +80,7 @@ def test_no_usable_row_and_missing_files_exit_nonzero(model_file, input_rows, tm
     assert out.returncode == 2 and out.stderr.splitlines()[-1].endswith("no row could be predicted")
     missing = run_predict(tmp_path / "nope.keras", tmp_path / "bad.csv")
     assert missing.returncode == 2
-    assert missing.stderr == f"error: {tmp_path / 'nope.keras'}: model file not found (train it: dvc repro)\n"
+    assert missing.stderr == f"error: {tmp_path / 'nope.keras'}: model file not found (train it: dvc repro, or get it: dvc pull)\n"
     no_input = run_predict(path, tmp_path / "nope.csv")
     assert no_input.returncode == 2 and "input file not found" in no_input.stderr
     input_rows.drop(columns=["tempo"]).to_csv(tmp_path / "cols.csv", index=False)

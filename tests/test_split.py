@@ -87,7 +87,7 @@ def test_main_twice_gives_byte_identical_outputs(in_tmp_repo, tracks_csv):
     raw.write_bytes(tracks_csv.read_bytes())
     split_stage.main([])
     first = _digests(in_tmp_repo / "data" / "split")
-    metrics = json.loads((in_tmp_repo / "metrics" / "data.json").read_text())
+    metrics = json.loads((in_tmp_repo / "reports" / "data.json").read_text())
     split_stage.main([])
     assert _digests(in_tmp_repo / "data" / "split") == first
     assert set(first) == {"train.parquet", "val.parquet", "test.parquet"}

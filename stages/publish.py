@@ -1,0 +1,165 @@
+"""Stage publish: the model named by param ``model`` becomes the published model.
+
+Copies models/<model>.keras to models/genre-classifier.keras (the `genre-classifier`
+artifact in dvc.yaml) and writes its confusion analysis: the clustered confusion
+heatmap plots/confusion.png, per-genre precision/recall/F1 plots/per_genre.csv and
+the most confused genre pairs plots/top_confusions.csv (the study's
+"interchangeable genres"), plus reports/published.json. Depends on nothing but the
+chosen model and the test split, so `dvc exp run -S model=lstm` re-runs only this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+from stages.common import (
+    FEATURES,
+    MODELS_DIR,
+    PLOTS_DIR,
+    PUBLISHED_MODEL,
+    REPORTS_DIR,
+    atomic_path,
+    cli,
+    label_indices,
+    read_labeled,
+    write_csv,
+    write_json,
+)
+from stages.params import load_model_name
+
+TOP_CONFUSIONS = 20
+
+
+def confusion_counts(actual: np.ndarray, predicted: np.ndarray, n: int) -> np.ndarray:
+    matrix = np.zeros((n, n), dtype=np.int64)
+    np.add.at(matrix, (actual, predicted), 1)
+    return matrix
+
+
+def top_confusions(matrix: np.ndarray, classes: list[str], k: int = TOP_CONFUSIONS) -> pd.DataFrame:
+    """The k largest off-diagonal cells: actual -> predicted, count, share of the actual class."""
+    off = matrix.copy()
+    np.fill_diagonal(off, 0)
+    support = matrix.sum(axis=1)
+    order = np.argsort(-off, axis=None, kind="stable")[:k]
+    rows = []
+    for flat in order:
+        a, p = np.unravel_index(flat, off.shape)
+        if off[a, p] == 0:
+            break
+        rows.append({"pair": f"{classes[a]} → {classes[p]}", "actual": classes[a],
+                     "predicted": classes[p], "count": int(off[a, p]),
+                     "share_of_actual": round(off[a, p] / support[a], 4)})
+    return pd.DataFrame(rows, columns=["pair", "actual", "predicted", "count", "share_of_actual"])
+
+
+def per_class_scores(actual, predicted, classes: list[str]) -> pd.DataFrame:
+    labels = np.arange(len(classes))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        actual, predicted, labels=labels, zero_division=0)
+    frame = pd.DataFrame({"genre": classes, "precision": precision.round(4),
+                          "recall": recall.round(4), "f1": f1.round(4), "support": support})
+    return frame.sort_values(["f1", "genre"], ascending=[False, True]).reset_index(drop=True)
+
+
+# --- plots ---------------------------------------------------------------------------
+
+
+def cluster_order(matrix: np.ndarray) -> np.ndarray:
+    """Order classes so that genres confused with each other sit together."""
+    from scipy.cluster.hierarchy import leaves_list, linkage  # noqa: PLC0415
+    from scipy.spatial.distance import squareform  # noqa: PLC0415
+
+    n = matrix.shape[0]
+    if n < 3:
+        return np.arange(n)
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    similarity = (rates + rates.T) / 2
+    np.fill_diagonal(similarity, 0)
+    distance = similarity.max() - similarity
+    np.fill_diagonal(distance, 0)
+    return leaves_list(linkage(squareform(distance, checks=False), method="average"))
+
+
+def _pyplot():
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    plt = _pyplot()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_confusion(matrix: np.ndarray, classes: list[str], title: str, path: Path) -> None:
+    plt = _pyplot()
+    order = cluster_order(matrix)
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    rates = rates[np.ix_(order, order)]
+    names = [classes[i] for i in order]
+    side = max(6.0, 0.16 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    image = ax.imshow(rates, cmap="viridis", vmin=0, vmax=max(rates.max(), 1e-9))
+    font = 10 if len(classes) <= 30 else 6.5
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=font)
+    ax.set_yticks(range(len(names)), names, fontsize=font)
+    ax.set_xlabel("predicted genre")
+    ax.set_ylabel("actual genre")
+    ax.set_title(f"{title}\nrow-normalised; genres ordered by clustering the confusions")
+    fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01, label="share of the actual genre")
+    _save(fig, path)
+
+
+def publish(model_name: str, models_dir: Path = MODELS_DIR, plots_dir: Path = PLOTS_DIR,
+            published: Path = PUBLISHED_MODEL) -> dict:
+    from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
+
+    quiet_tensorflow()
+    from stages.model_files import load_model, predict_proba  # noqa: PLC0415
+
+    source = models_dir / f"{model_name}.keras"
+    model, classes = load_model(source)
+    test = read_labeled("test")
+    actual = label_indices(test, classes)
+    predicted = predict_proba(model, test[FEATURES].to_numpy("float32")).argmax(axis=1)
+    matrix = confusion_counts(actual, predicted, len(classes))
+    scores = per_class_scores(actual, predicted, classes)
+    accuracy = float((actual == predicted).mean())
+    macro_f1 = float(f1_score(actual, predicted, labels=np.arange(len(classes)), average="macro",
+                              zero_division=0))
+    write_csv(plots_dir / "per_genre.csv", scores)
+    write_csv(plots_dir / "top_confusions.csv", top_confusions(matrix, classes))
+    plot_confusion(matrix, classes,
+                   f"{model_name}: test accuracy {accuracy:.3f}, {len(classes)} classes",
+                   plots_dir / "confusion.png")
+    with atomic_path(published, suffix=".keras") as tmp:
+        shutil.copyfile(source, tmp)
+    return {"model": model_name, "classes": len(classes), "test_rows": int(len(test)),
+            "accuracy": round(accuracy, 5), "macro_f1": round(macro_f1, 5)}
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args(argv)
+    name = load_model_name()
+    report = publish(name)
+    write_json(REPORTS_DIR / "published.json", report)
+    print(f"publish {name} -> {PUBLISHED_MODEL}: accuracy {report['accuracy']:.4f}, "
+          f"macro-F1 {report['macro_f1']:.4f}, {report['classes']} classes")
+
+
+if __name__ == "__main__":
+    main()
