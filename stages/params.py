@@ -29,7 +29,7 @@ class FetchParams(Section):
 
 
 class SplitParams(Section):
-    strategy: Literal["group", "random"] = "group"
+    strategy: Literal["recording", "group", "random"] = "recording"
     test_size: float = Field(0.2, gt=0, lt=1)
     val_size: float = Field(0.2, gt=0, lt=1)
     seed: int = Field(42, ge=0)

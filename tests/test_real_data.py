@@ -1,6 +1,7 @@
 """On the real dataset, reached only through SPOTIFY_TRACKS_URL (skipped without it)."""
 
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -45,6 +46,28 @@ def test_group_split_shares_no_track(clean_frame):
     # the random split is the leaky one
     random_parts = split.assign_splits(frame, SplitParams(strategy="random"))
     assert split.split_report(counts, frame, random_parts, params)["shared_track_ids"]["total"] > 1000
+
+
+def test_recording_split_shares_no_recording(clean_frame):
+    frame, counts = clean_frame
+    params = SplitParams(strategy="recording")
+    started = time.perf_counter()
+    parts = split.assign_splits(frame, params)
+    assert time.perf_counter() - started < 5
+    report = split.split_report(counts, frame, parts, params)
+    assert report["shared_track_ids"]["total"] == 0
+    assert report["shared_feature_vectors"]["total"] == 0
+    assert report["recording_groups"] == 85_989
+    assert report["rows_in_multi_row_recordings"] == 42_965
+    assert report["largest_recording_rows"] == 146
+    assert sum(report["splits"][n]["rows"] for n in SPLITS) == 113_549
+    assert 0.19 < report["splits"]["test"]["share"] < 0.21
+    for name in SPLITS:
+        assert report["splits"][name]["genres"] == 114
+    # the group split is the one that leaks feature twins
+    group_parts = split.assign_splits(frame, SplitParams(strategy="group"))
+    group_report = split.split_report(counts, frame, group_parts, params)
+    assert group_report["shared_feature_vectors"]["total"] > 1000
 
 
 def test_default_merge_gives_66_classes(clean_frame, monkeypatch):
