@@ -117,8 +117,9 @@ def reproduced_repo(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     csv = write_tracks_csv(make_tracks(rows_per_genre=80), root / "tracks.csv.gz")
     repo = copy_repo(root / "repo")
-    set_params(repo, TINY_TRAINING)
-    commit_all(repo, "tiny params")
+    # synthetic data is another file on purpose: unpin the published file's hash
+    set_params(repo, {**TINY_TRAINING, "fetch": {"sha256": None}})
+    commit_all(repo, "tiny params, synthetic data")
     env = {"SPOTIFY_TRACKS_URL": str(csv)}
     result = run_cmd(["dvc", "repro"], repo, env)
     commit_all(repo, "run")

@@ -15,7 +15,7 @@ def test_repo_params_file_is_valid():
 @pytest.mark.parametrize("section, raw, message", [
     ("lstm", {"unit": 3}, "lstm.unit: unknown param (typo?)"),
     ("split", {"test_size": 0}, "split.test_size = 0: Input should be greater than 0"),
-    ("split", {"strategy": "rows"}, "split.strategy = 'rows': Input should be 'group' or 'random'"),
+    ("split", {"strategy": "rows"}, "split.strategy = 'rows': Input should be 'recording', 'group' or 'random'"),
     ("mlp", {"dropout": -0.1}, "mlp.dropout = -0.1: Input should be greater than or equal to 0"),
     ("mlp", {"hidden": []}, "mlp.hidden = []: List should have at least 1 item"),
     ("mlp", {"epochs": 0}, "mlp.epochs = 0: Input should be greater than or equal to 1"),

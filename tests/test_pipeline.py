@@ -1,5 +1,7 @@
 """End to end: the real dvc.yaml, run by DVC in a fresh git repo, on synthetic data."""
 
+import csv
+import io
 import json
 import re
 
@@ -9,6 +11,10 @@ from tests.conftest import clone_repo, run_cmd
 
 pytestmark = pytest.mark.slow
 
+FAMILIES = ("softmax", "mlp", "lstm")
+STAGES = ("fetch", "split", "merge_genres", "train_softmax", "train_mlp", "train_lstm",
+          "evaluate", "publish")
+
 
 @pytest.fixture(scope="module")
 def pipeline_repo(reproduced_repo, tmp_path_factory):
@@ -16,68 +22,124 @@ def pipeline_repo(reproduced_repo, tmp_path_factory):
     return clone_repo(repo, tmp_path_factory.mktemp("pipeline") / "repo"), env, result
 
 
+def _ran(result) -> list[str]:
+    return re.findall(r"^Running stage '([^']+)'", result.stdout, re.M)
+
+
 def test_repro_runs_every_stage_and_writes_every_output(pipeline_repo):
     repo, _, result = pipeline_repo
-    for stage in ("fetch", "split", "merge_genres", "train_softmax", "train_mlp", "train_lstm",
-                  "evaluate"):
-        assert f"Running stage '{stage}'" in result.stdout
-    for path in ("data/raw/tracks.csv", "data/labeled/classes.json", "models/mlp.keras",
-                 "models/lstm.keras", "models/softmax.keras", "metrics/evaluate.json",
-                 "metrics/train/lstm.json", "plots/confusion.csv", "plots/confusion.png",
-                 "plots/per_genre.csv", "plots/per_genre_f1.png", "plots/top_confusions.csv",
-                 "plots/train/mlp/plots/metrics/eval/loss.tsv", "plots/train/lstm/curves.png"):
+    assert sorted(_ran(result)) == sorted(STAGES)
+    for path in ("data/raw/tracks.csv", "data/labeled/classes.json", "models/genre-classifier.keras",
+                 "metrics/test.json", "reports/fetch.json", "reports/data.json",
+                 "reports/evaluate.json", "reports/published.json", "plots/confusion.png",
+                 "plots/per_genre.csv", "plots/top_confusions.csv",
+                 *(f"models/{f}.keras" for f in FAMILIES),
+                 *(f"plots/train/{f}.csv" for f in FAMILIES),
+                 *(f"reports/train/{f}.json" for f in FAMILIES)):
         assert (repo / path).is_file(), path
-    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
-    assert metrics["model"] == "mlp" and metrics["classes"] == 4
-    assert 0 <= metrics["accuracy"] <= metrics["ceiling"] <= 1
-    # two epochs on the training split: the learning curve has two points
-    lines = (repo / "plots/train/softmax/plots/metrics/train/loss.tsv").read_text().splitlines()
-    assert len(lines) == 3
+    # the published model is the family named by `model`, byte for byte
+    assert (repo / "models/genre-classifier.keras").read_bytes() == \
+        (repo / "models/mlp.keras").read_bytes()
+    # two epochs on the training split: the learning curve has two rows
+    lines = (repo / "plots/train/softmax.csv").read_text().splitlines()
+    assert lines[0] == "epoch,train_accuracy,val_accuracy,train_loss,val_loss" and len(lines) == 3
     # under DVC each family logs exactly one line per epoch, no progress bars
     epoch_lines = re.findall(r"^epoch \d+/\d+ - .*loss.*val_accuracy", result.stdout, re.M)
-    epochs_run = sum(json.loads((repo / f"metrics/train/{family}.json").read_text())["epochs_run"]
-                     for family in ("softmax", "mlp", "lstm"))
+    epochs_run = sum(json.loads((repo / f"reports/train/{f}.json").read_text())["epochs_run"]
+                     for f in FAMILIES)
     assert len(epoch_lines) == epochs_run == 6
     assert "Epoch 1/" not in result.stdout and "\r" not in result.stdout
     assert "ms/step" not in result.stdout
 
 
+def test_one_metrics_file_holds_every_family_as_numbers(pipeline_repo):
+    repo, _, _ = pipeline_repo
+    metrics = json.loads((repo / "metrics/test.json").read_text())
+    assert set(metrics) == {*FAMILIES, "chance", "ceiling"}
+    for family in FAMILIES:
+        assert set(metrics[family]) == {"accuracy", "top5", "macro_f1"}
+        assert 0 <= metrics[family]["accuracy"] <= metrics["ceiling"] <= 1
+    numbers = [v for f in FAMILIES for v in metrics[f].values()] + [metrics["chance"]]
+    assert all(isinstance(v, float) for v in numbers)
+    assert metrics["chance"] == pytest.approx(0.25, abs=0.1)  # 4 balanced synthetic genres
+
+
 def test_repro_again_is_a_no_op(pipeline_repo):
     repo, env, _ = pipeline_repo
     result = run_cmd(["dvc", "repro"], repo, env)
-    assert "Running stage" not in result.stdout
+    assert _ran(result) == []
 
 
-def test_changing_model_reruns_only_evaluate(pipeline_repo):
+def test_changing_model_reruns_only_publish(pipeline_repo):
     repo, env, _ = pipeline_repo
+    before = (repo / "metrics/test.json").read_text()
     result = run_cmd(["dvc", "exp", "run", "-S", "model=softmax"], repo, env)
-    ran = [line for line in result.stdout.splitlines() if line.startswith("Running stage")]
-    assert ran == ["Running stage 'evaluate':"]
-    assert json.loads((repo / "metrics/evaluate.json").read_text())["model"] == "softmax"
-    diff = run_cmd(["dvc", "metrics", "diff"], repo, env)
-    assert "metrics/evaluate.json" in diff.stdout and "accuracy" in diff.stdout
-    shown = run_cmd(["dvc", "exp", "show", "--no-pager", "--csv"], repo, env)
-    assert "softmax" in shown.stdout
+    assert _ran(result) == ["publish"]
+    assert (repo / "models/genre-classifier.keras").read_bytes() == \
+        (repo / "models/softmax.keras").read_bytes()
+    assert json.loads((repo / "reports/published.json").read_text())["model"] == "softmax"
+    assert (repo / "metrics/test.json").read_text() == before  # every family was scored already
+    rows = list(csv.DictReader(io.StringIO(
+        run_cmd(["dvc", "exp", "show", "--no-pager", "--csv"], repo, env).stdout)))
+    # one experiment row carries every family's accuracy, top-5 and macro-F1
+    for family in FAMILIES:
+        for key in ("accuracy", "top5", "macro_f1"):
+            assert rows[0][f"{family}.{key}"] not in ("", "-")
 
 
-def test_plots_show_renders_the_confusion_matrix(pipeline_repo):
+def test_exp_show_only_changed_is_readable(reproduced_repo, tmp_path):
+    source, env, _ = reproduced_repo
+    repo = clone_repo(source, tmp_path / "repo")
+    for setting in ("model=lstm", "mlp.hidden=[8]", "softmax.learning_rate=0.05"):
+        run_cmd(["dvc", "exp", "run", "--temp", "-S", setting], repo, env)
+    shown = run_cmd(["dvc", "exp", "show", "--no-pager", "--only-changed", "--csv"], repo, env)
+    header = next(csv.reader(io.StringIO(shown.stdout)))
+    # the CSV adds rev, typ and parent to what the table shows
+    table_columns = [c for c in header if c not in ("rev", "typ", "parent")]
+    assert len(table_columns) <= 25, table_columns
+    assert "model" in table_columns and "mlp.hidden" in table_columns
+    # no strings, timings or data statistics among the metrics
+    assert not any(c.endswith(("train_seconds", "family", "strategy")) for c in header)
+
+
+def test_plots_show_renders_every_chart(pipeline_repo):
     repo, env, _ = pipeline_repo
     run_cmd(["dvc", "plots", "show", "-o", "rendered"], repo, env)
     html = (repo / "rendered" / "index.html").read_text()
-    assert "Confusion matrix" in html and "confusion.png" in html
-    assert "Learning curves, loss" in html
+    for title in ("Learning curves, softmax", "Learning curves, mlp", "Learning curves, lstm",
+                  "Per-genre F1 of the published model", "Most confused genre pairs",
+                  "confusion.png"):
+        assert title in html, title
+    # short series names, not file paths
+    assert "val_accuracy" in html and "plots/train/mlp/plots" not in html
+
+
+def test_touching_tensorflow_setup_leaves_the_data_stages_up_to_date(reproduced_repo, tmp_path):
+    source, env, _ = reproduced_repo
+    repo = clone_repo(source, tmp_path / "repo")
+    setup = repo / "stages" / "tf_setup.py"
+    setup.write_text(setup.read_text() + "\n# touched\n")
+    status = run_cmd(["dvc", "status"], repo, env).stdout
+    changed = set(re.findall(r"^(\w+):", status, re.M))
+    assert changed == {"train_softmax", "train_mlp", "train_lstm", "evaluate", "publish"}, status
+
+
+def test_committed_outputs_hold_no_path_of_the_machine(pipeline_repo):
+    repo, env, _ = pipeline_repo
+    source = env["SPOTIFY_TRACKS_URL"]
+    for path in ["dvc.lock", *(p for d in ("metrics", "plots", "reports")
+                                for p in (repo / d).rglob("*") if p.suffix in (".json", ".csv"))]:
+        text = (repo / path).read_text()
+        assert str(repo) not in text and source not in text, path
+    assert json.loads((repo / "reports/fetch.json").read_text())["source"] == "tracks.csv.gz"
 
 
 def test_unknown_model_param_is_a_clear_error(pipeline_repo):
     repo, env, _ = pipeline_repo
-    result = run_cmd(["python", "-m", "stages.evaluate"], repo,
-                     env, check=False)
-    assert result.returncode == 0  # sanity: the committed params work
     params = (repo / "params.yaml").read_text()
-    (repo / "params.yaml").write_text(params.replace("model: softmax", "model: cnn")
-                                      .replace("model: mlp", "model: cnn"))
+    (repo / "params.yaml").write_text(re.sub(r"(?m)^model: \w+", "model: cnn", params))
     try:
-        bad = run_cmd(["python", "-m", "stages.evaluate"], repo, env, check=False)
+        bad = run_cmd(["python", "-m", "stages.publish"], repo, env, check=False)
     finally:
         (repo / "params.yaml").write_text(params)
     assert bad.returncode == 2

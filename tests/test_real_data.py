@@ -8,7 +8,7 @@ import pytest
 
 from stages import fetch, merge_genres, split
 from stages.common import SPLITS
-from stages.params import MergeGenresParams, SplitParams, load_section
+from stages.params import SplitParams, load_section
 from tests.conftest import REPO, copy_repo, real_data_url, run_cmd
 
 pytestmark = [
@@ -20,8 +20,10 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def clean_frame(tmp_path_factory):
     out = tmp_path_factory.mktemp("real")
-    report = fetch.fetch(real_data_url(), None, out / "tracks.csv", out / "fetch.json")
-    assert report["rows"] == 114_000
+    pinned = load_section("fetch", REPO / "params.yaml").sha256
+    # the real file matches the hash params.yaml pins (what every fetch checks)
+    report = fetch.fetch(real_data_url(), pinned, out / "tracks.csv", out / "fetch.json")
+    assert report["rows"] == 114_000 and report["sha256"] == pinned
     frame, counts = split.clean(split.read_raw(out / "tracks.csv"))
     return frame, counts
 
@@ -70,12 +72,10 @@ def test_recording_split_shares_no_recording(clean_frame):
     assert group_report["shared_feature_vectors"]["total"] > 1000
 
 
-def test_default_merge_gives_66_classes(clean_frame, monkeypatch):
-    monkeypatch.chdir(REPO)
-    groups = load_section("merge_genres").groups
+def test_default_merge_gives_66_classes(clean_frame):
+    groups = merge_genres.read_groups(REPO / "taxonomies" / "study.yaml")
     frame, _ = clean_frame
-    mapping = merge_genres.genre_mapping(MergeGenresParams(enabled=True, groups=groups),
-                                         set(frame["track_genre"]))
+    mapping = merge_genres.genre_mapping(groups, set(frame["track_genre"]))
     assert len(merge_genres.class_list(mapping)) == 66
 
 
@@ -86,21 +86,28 @@ def test_whole_pipeline_on_real_data_with_few_epochs(tmp_path):
     env = {"SPOTIFY_TRACKS_URL": real_data_url()}
     quick = ["-S", "softmax.epochs=3", "-S", "mlp.epochs=3", "-S", "lstm.epochs=2"]
     run_cmd(["dvc", "exp", "run", *quick], repo, env, timeout=1200)
-    data = json.loads((repo / "metrics/data.json").read_text())
+    data = json.loads((repo / "reports/data.json").read_text())
     assert data["cleaning"]["rows_clean"] == 113_549
     assert data["shared_track_ids"]["total"] == 0
+    assert data["shared_feature_vectors"]["total"] == 0
     for name in SPLITS:
         assert len(pd.read_parquet(repo / f"data/labeled/{name}.parquet")) == \
             data["splits"][name]["rows"]
-    for path in ("metrics/fetch.json", "metrics/evaluate.json", "plots/confusion.csv",
-                 "plots/confusion.png", "plots/per_genre.csv", "plots/per_genre_f1.png",
-                 "plots/top_confusions.csv"):
+    provenance = json.loads((repo / "reports/fetch.json").read_text())
+    assert provenance["sha256_pinned"] and "/" not in provenance["source"]
+    for path in ("plots/confusion.png", "plots/per_genre.csv", "plots/top_confusions.csv",
+                 "models/genre-classifier.keras", "reports/published.json"):
         assert (repo / path).is_file(), path
     for family in ("softmax", "mlp", "lstm"):
-        assert (repo / f"metrics/train/{family}.json").is_file()
-        assert (repo / f"plots/train/{family}/curves.png").is_file()
+        assert (repo / f"reports/train/{family}.json").is_file()
+        assert (repo / f"plots/train/{family}.csv").is_file()
         assert (repo / f"models/{family}.keras").is_file()
-    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
-    assert metrics["classes"] == 114 and metrics["n_test"] == data["splits"]["test"]["rows"]
-    assert metrics["accuracy"] > 0.10  # chance is 1/114
+    report = json.loads((repo / "reports/evaluate.json").read_text())
+    assert report["test_set"]["classes"] == 114
+    assert report["test_set"]["rows"] == data["splits"]["test"]["rows"]
+    assert report["test_set"]["seen_in_train_share"] == 0.0  # the recording split's point
+    metrics = json.loads((repo / "metrics/test.json").read_text())
+    for family in ("softmax", "mlp", "lstm"):
+        assert metrics[family]["accuracy"] > 0.10  # chance is about 1/114
+    assert metrics["chance"] < 0.02
     assert len(pd.read_csv(repo / "plots/top_confusions.csv")) == 20
