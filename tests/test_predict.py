@@ -252,3 +252,32 @@ def test_bad_json_is_one_clear_line(audio_model_file, tmp_path, text, message):
     out = run_predict(path, tmp_path / "songs.json")
     assert out.returncode == 2
     assert out.stderr == f"error: {tmp_path / 'songs.json'}: {message}\n"
+
+
+def test_no_audio_hint_for_a_model_that_does_not_take_all_15(input_rows, tmp_path):
+    from stages import model_files, models
+
+    subset = ["popularity", "energy", "tempo"]  # a hand-made feature list
+    model = models.build("softmax", input_rows[subset].to_numpy("float32"), 2,
+                         validate("softmax", {}), subset)
+    model_files.save_model(model, tmp_path / "subset.keras", ["a", "b"], subset)
+    input_rows[["track_id", "energy", "tempo"]].to_csv(tmp_path / "songs.csv", index=False)
+    out = run_predict(tmp_path / "subset.keras", tmp_path / "songs.csv")
+    assert out.returncode == 2
+    assert out.stderr == f"error: {tmp_path / 'songs.csv'}: missing feature column(s) popularity\n"
+
+
+def test_top_k_is_a_stable_sort_of_the_probabilities():
+    import numpy as np
+
+    from stages.predict import top_k_classes
+
+    rng = np.random.default_rng(0)
+    proba = rng.random((500, 20)).astype("float32")
+    proba[:, 5] = proba[:, 7]  # ties inside and at the edge of the top k
+    proba[:50] = 0
+    proba[:50, 3] = 1  # saturated rows: many classes at exactly 0
+    proba[50:100] = proba[50:100].round(1)
+    for k in (1, 2, 3, 5, 19, 20):
+        np.testing.assert_array_equal(top_k_classes(proba, k),
+                                      np.argsort(-proba, axis=1, kind="stable")[:, :k])
