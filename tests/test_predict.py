@@ -281,3 +281,10 @@ def test_top_k_is_a_stable_sort_of_the_probabilities():
     for k in (1, 2, 3, 5, 19, 20):
         np.testing.assert_array_equal(top_k_classes(proba, k),
                                       np.argsort(-proba, axis=1, kind="stable")[:, :k])
+
+
+def test_one_api_object_is_one_entry(tmp_path):
+    from stages.predict import json_entries
+
+    (tmp_path / "one.json").write_text(' {"id": "x", "energy": 0.5, "tempo": 120}')
+    assert json_entries(tmp_path / "one.json") == [{"id": "x", "energy": 0.5, "tempo": 120}]
