@@ -181,7 +181,8 @@ def _json_numbers(values: pd.Series, column: str) -> pd.Series:
     return values.where(ok).astype("float64")
 
 
-def parse_features(records: Records, features: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def parse_features(records: Records,
+                   features: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Return (features of usable rows, their row indices, one message per skipped record)."""
     frame = records.frame
     convert = _text_numbers if records.unit == "line" else _json_numbers
@@ -268,8 +269,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m stages.predict", description="Label tracks with a trained model.")
     parser.add_argument("model", help="softmax | mlp | lstm | genre-classifier, or a path to a .keras file")
-    parser.add_argument("input", type=Path,
-                        help="CSV with the model's feature columns, or the audio-features API's JSON")
+    parser.add_argument("input", type=Path, help="CSV with the model's feature columns, "
+                        "or the JSON of Spotify's audio-features API")
     parser.add_argument("-k", type=int, default=3, help="how many genres per track (default 3)")
     parser.add_argument("-o", "--output", type=Path, help="output CSV (default: stdout)")
     args = parser.parse_args(argv)
