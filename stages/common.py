@@ -28,8 +28,8 @@ GENRE_COLUMN = "track_genre"
 LABEL_COLUMN = "label"
 TEXT_COLUMNS = ["artists", "album_name", "track_name"]
 
-# The 15 model inputs, in the dataset's column order; a saved model takes them
-# in exactly this order.
+# The 15 feature columns, in the dataset's column order. A model takes a subset
+# (param `features`) in this order; the saved model records which.
 FEATURES = [
     "popularity",
     "duration_ms",
@@ -47,6 +47,11 @@ FEATURES = [
     "tempo",
     "time_signature",
 ]
+# What Spotify's audio-features API returns: the 15 less popularity and explicit
+# (track/catalogue data, not audio descriptors), in the same dataset order.
+AUDIO_FEATURES = [f for f in FEATURES if f not in ("popularity", "explicit")]
+# Param `features` picks one; a saved model records the list it was trained on.
+FEATURE_SETS = {"all": FEATURES, "audio": AUDIO_FEATURES}
 NUMERIC_COLUMNS = [f for f in FEATURES if f != "explicit"]
 RAW_COLUMNS = [INDEX_COLUMN, ID_COLUMN, *TEXT_COLUMNS, *FEATURES, GENRE_COLUMN]
 SPLITS = ("train", "val", "test")

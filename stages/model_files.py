@@ -1,7 +1,8 @@
 """Saving and loading the project's model files (used by train, evaluate, publish, predict).
 
-A model is a plain ``.keras`` file with one extra zip member, the class list, so a
-model trained on merged genres predicts merged genres wherever it travels.
+A model is a plain ``.keras`` file with two extra zip members, the class list and
+the feature list, so a model trained on merged genres predicts merged genres and a
+model trained on the 13 audio features asks only for those, wherever it travels.
 """
 
 from __future__ import annotations
@@ -10,21 +11,54 @@ import json
 import zipfile
 from pathlib import Path
 
-from stages.common import UserError, atomic_path
+from stages.common import FEATURES, UserError, atomic_path
 
-CLASSES_MEMBER = "classes.json"  # extra member in the .keras zip; keras' loader ignores it
+# extra members in the .keras zip; keras' loader ignores them
+CLASSES_MEMBER = "classes.json"
+FEATURES_MEMBER = "features.json"
 
 
-def save_model(model, path: Path, classes: list[str]) -> None:
-    """Save atomically, with the class list stored inside the .keras file."""
+def save_model(model, path: Path, classes: list[str], features: list[str]) -> None:
+    """Save atomically, with the class and feature lists stored inside the .keras file."""
     with atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(CLASSES_MEMBER, json.dumps(classes))
+            archive.writestr(FEATURES_MEMBER, json.dumps(list(features)))
+
+
+def _features_in(archive: zipfile.ZipFile) -> list[str]:
+    if FEATURES_MEMBER not in archive.namelist():
+        return list(FEATURES)  # saved before models recorded their features: all 15
+    features = json.loads(archive.read(FEATURES_MEMBER))
+    if (not isinstance(features, list) or not features
+            or not all(isinstance(f, str) and f in FEATURES for f in features)):
+        raise ValueError(f"{FEATURES_MEMBER} is not a list of feature names")
+    return features
+
+
+def _missing_file(path: Path) -> UserError:
+    return UserError(f"{path}: model file not found (train it: dvc repro, or get it: dvc pull)")
+
+
+def _not_ours(path: Path, exc: Exception) -> UserError:
+    return UserError(f"{path}: not a model saved by this project ({exc})")
+
+
+def read_features(path: Path) -> list[str]:
+    """The feature list a saved model takes, without loading the model (no TensorFlow)."""
+    path = Path(path)
+    if not path.is_file():
+        raise _missing_file(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return _features_in(archive)
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise _not_ours(path, exc) from None
 
 
 def load_model(path: Path):
-    """Load a saved model and its class list; a clear error when it is missing or broken.
+    """Load a saved model: (model, class list, feature list); a clear error when missing or broken.
 
     Keras' loader runs in safe mode (the default): a file with Python lambdas or
     custom objects is refused, so a model pulled from a remote executes no code of its own.
@@ -33,27 +67,36 @@ def load_model(path: Path):
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: model file not found (train it: dvc repro, or get it: dvc pull)")
+        raise _missing_file(path)
     try:
         with zipfile.ZipFile(path) as archive:
             classes = json.loads(archive.read(CLASSES_MEMBER))
+            features = _features_in(archive)
         model = keras.models.load_model(path, safe_mode=True)
+        width = model.input_shape[-1]
+        if width != len(features):
+            raise ValueError(f"the model takes {width} values, its feature list names "
+                             f"{len(features)}")
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
-        raise UserError(f"{path}: not a model saved by this project ({exc})") from None
-    return model, classes
+        raise _not_ours(path, exc) from None
+    return model, classes, features
 
 
 PREDICT_BATCH = 16384
 
 
-def predict_proba(model, features):
-    """Class probabilities, shape (n, classes), for float32 features of shape (n, 15).
+def predict_proba(model, x):
+    """Class probabilities, shape (n, classes), for float32 features x of shape (n, len(features)).
 
-    Direct calls in large batches: much faster than ``model.predict`` for models this
-    small, and every stage (evaluate, publish, predict) computes them the same way.
+    The one place every stage (evaluate, publish, predict) gets probabilities from.
+    An object with its own ``predict_proba(x)`` (a tree-model family) answers itself;
+    a Keras model gets direct calls in large batches: much faster than
+    ``model.predict`` for models this small.
     """
     import numpy as np  # noqa: PLC0415
 
-    parts = [np.asarray(model(features[i : i + PREDICT_BATCH], training=False))
-             for i in range(0, len(features), PREDICT_BATCH)]
+    if hasattr(model, "predict_proba"):
+        return np.asarray(model.predict_proba(x))
+    parts = [np.asarray(model(x[i : i + PREDICT_BATCH], training=False))
+             for i in range(0, len(x), PREDICT_BATCH)]
     return np.concatenate(parts) if parts else np.zeros((0, 0), dtype="float32")

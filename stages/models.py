@@ -1,7 +1,9 @@
 """Keras model builders, one per family.
 
-Every model takes the 15 raw feature values, shape (n, 15), in
-``stages.common.FEATURES`` order. Scaling, log transforms, one-hot encodings and
+Every model takes the raw values of its feature list (param ``features``: the 15
+``stages.common.FEATURES`` or the 13 ``AUDIO_FEATURES``), shape (n, len(features)),
+in that order. Transforms look features up by name and skip the ones a list lacks,
+so a builder works on any subset. Scaling, log transforms, one-hot encodings and
 the LSTM's sequence encoding all live inside the model, built only from stock
 Keras layers and ``keras.ops`` calls, so a saved model loads with plain
 ``keras.models.load_model``.
@@ -22,27 +24,26 @@ LOG_FEATURES = ("duration_ms", "speechiness", "acousticness", "instrumentalness"
 ONE_HOT_FEATURES = {"key": 12, "time_signature": 6}
 
 
-def _columns(inputs):
-    return [inputs[:, i : i + 1] for i in range(len(FEATURES))]
-
-
-def _log_transform(inputs):
-    """(n, 15) -> (n, 15): log of the long-tailed features, the rest unchanged."""
-    cols = _columns(inputs)
+def _log_transform(inputs, features):
+    """(n, f) -> (n, f): log of the long-tailed features present, the rest unchanged."""
+    cols = [inputs[:, i : i + 1] for i in range(len(features))]
     for name in LOG_FEATURES:
-        i = FEATURES.index(name)
-        shift = 1.0 if name == "duration_ms" else 1e-3  # avoid log(0)
-        cols[i] = ops.log(ops.maximum(cols[i], 0.0) + shift)
+        if name in features:
+            i = features.index(name)
+            shift = 1.0 if name == "duration_ms" else 1e-3  # avoid log(0)
+            cols[i] = ops.log(ops.maximum(cols[i], 0.0) + shift)
     return ops.concatenate(cols, axis=-1)
 
 
-def _one_hots(inputs):
+def _one_hots(inputs, features):
+    """One-hot codes of the categorical features present; None when there are none."""
     hots = []
     for name, depth in ONE_HOT_FEATURES.items():
-        i = FEATURES.index(name)
-        code = ops.cast(ops.clip(ops.round(inputs[:, i]), 0, depth - 1), "int32")
-        hots.append(ops.one_hot(code, depth))
-    return ops.concatenate(hots, axis=-1)
+        if name in features:
+            i = features.index(name)
+            code = ops.cast(ops.clip(ops.round(inputs[:, i]), 0, depth - 1), "int32")
+            hots.append(ops.one_hot(code, depth))
+    return ops.concatenate(hots, axis=-1) if hots else None
 
 
 def _adapted_normalization(transform, train_x: np.ndarray, name: str):
@@ -50,7 +51,7 @@ def _adapted_normalization(transform, train_x: np.ndarray, name: str):
     if transform is None:
         values = train_x
     else:
-        probe_in = keras.Input((len(FEATURES),))
+        probe_in = keras.Input((train_x.shape[1],))
         values = keras.Model(probe_in, transform(probe_in)).predict(
             train_x, batch_size=8192, verbose=0)
     if not np.all(np.isfinite(values)):
@@ -60,20 +61,28 @@ def _adapted_normalization(transform, train_x: np.ndarray, name: str):
     return norm
 
 
-def input_block(inputs, train_x: np.ndarray, kind: str):
+def input_block(inputs, train_x: np.ndarray, kind: str, features: list[str]):
     """The model's input transform: 'standardized' (the study), 'log', or 'engineered'.
 
-    'standardized' z-scores the 15 raw values; 'log' first takes the log of the
+    'standardized' z-scores the raw values; 'log' first takes the log of the
     long-tailed ones; 'engineered' adds one-hot key and time_signature to 'log'.
-    'standardized' and 'log' keep one value per feature (what the LSTM needs).
+    'standardized' and 'log' keep one value per feature (what the LSTM needs); the
+    first len(features) columns of every variant are the scaled features.
     """
     if kind == "standardized":
         return _adapted_normalization(None, train_x, "standardize")(inputs)
-    scaled = _adapted_normalization(_log_transform, train_x, "standardize")(_log_transform(inputs))
+
+    def log_transform(x):
+        return _log_transform(x, features)
+
+    scaled = _adapted_normalization(log_transform, train_x, "standardize")(log_transform(inputs))
     if kind == "log":
         return scaled
     if kind == "engineered":
-        return layers.Concatenate(name="engineered")([scaled, _one_hots(inputs)])
+        hots = _one_hots(inputs, features)
+        if hots is None:  # a feature list without key and time_signature
+            return scaled
+        return layers.Concatenate(name="engineered")([scaled, hots])
     raise UserError(f"unknown input transform {kind!r}: standardized, log or engineered")
 
 
@@ -81,24 +90,24 @@ def _output(x, n_classes: int):
     return layers.Dense(n_classes, activation="softmax", name="genre")(x)
 
 
-def build_softmax(train_x: np.ndarray, n_classes: int, p) -> keras.Model:
-    inputs = keras.Input((len(FEATURES),), name="features")
-    x = input_block(inputs, train_x, p.inputs)
+def build_softmax(train_x: np.ndarray, n_classes: int, p, features: list[str]) -> keras.Model:
+    inputs = keras.Input((len(features),), name="features")
+    x = input_block(inputs, train_x, p.inputs, features)
     return keras.Model(inputs, _output(x, n_classes), name="softmax")
 
 
 def _feature_tokens(x, units: int, name: str):
-    """(n, 15) -> (n, 15, units): each feature's own learned embedding of its value."""
-    return layers.EinsumDense("bf,fd->bfd", output_shape=(len(FEATURES), units),
+    """(n, f) -> (n, f, units): each feature's own learned embedding of its value."""
+    return layers.EinsumDense("bf,fd->bfd", output_shape=(x.shape[-1], units),
                               bias_axes="fd", activation="relu", name=name)(x)
 
 
-def build_mlp(train_x: np.ndarray, n_classes: int, p) -> keras.Model:
-    inputs = keras.Input((len(FEATURES),), name="features")
-    x = input_block(inputs, train_x, p.inputs)
+def build_mlp(train_x: np.ndarray, n_classes: int, p, features: list[str]) -> keras.Model:
+    inputs = keras.Input((len(features),), name="features")
+    x = input_block(inputs, train_x, p.inputs, features)
     if p.embedding_dim > 0:
-        # per-feature embeddings of the 15 scaled values, in front of the dense layers
-        tokens = _feature_tokens(x[:, : len(FEATURES)], p.embedding_dim, "feature_tokens")
+        # per-feature embeddings of the scaled values, in front of the dense layers
+        tokens = _feature_tokens(x[:, : len(features)], p.embedding_dim, "feature_tokens")
         x = layers.Concatenate(name="embedded")([layers.Flatten()(tokens), x])
     for depth, units in enumerate(p.hidden):
         x = layers.Dense(units, use_bias=not p.batch_norm, name=f"dense_{depth}")(x)
@@ -110,17 +119,17 @@ def build_mlp(train_x: np.ndarray, n_classes: int, p) -> keras.Model:
     return keras.Model(inputs, _output(x, n_classes), name="mlp")
 
 
-def build_lstm(train_x: np.ndarray, n_classes: int, p) -> keras.Model:
-    """The features as a sequence of 15 steps, one feature per step.
+def build_lstm(train_x: np.ndarray, n_classes: int, p, features: list[str]) -> keras.Model:
+    """The features as a sequence of len(features) steps, one feature per step.
 
     dense_lstm: the study's Dense(step_units) on each step's value, then the LSTM(s);
     stacked: the study's LSTMs straight on the values;
     token: each step gets its own learned embedding of its value (per-feature
     weights, so the LSTM knows which feature a step holds), then the LSTM(s).
     """
-    inputs = keras.Input((len(FEATURES),), name="features")
-    x = input_block(inputs, train_x, p.inputs)
-    n = len(FEATURES)
+    inputs = keras.Input((len(features),), name="features")
+    x = input_block(inputs, train_x, p.inputs, features)
+    n = len(features)
     if p.variant == "token":
         seq = _feature_tokens(x, p.step_units, "feature_tokens")
     else:
@@ -139,10 +148,18 @@ def build_lstm(train_x: np.ndarray, n_classes: int, p) -> keras.Model:
 BUILDERS = {"softmax": build_softmax, "mlp": build_mlp, "lstm": build_lstm}
 
 
-def build(family: str, train_x: np.ndarray, n_classes: int, params) -> keras.Model:
+def build(family: str, train_x: np.ndarray, n_classes: int, params,
+          features: list[str] = FEATURES) -> keras.Model:
+    """The family's model for ``features`` (train_x holds those columns, in that order)."""
     if family not in BUILDERS:
         raise UserError(f"unknown model family {family!r}: one of {', '.join(BUILDERS)}")
-    return BUILDERS[family](np.asarray(train_x, dtype="float32"), n_classes, params)
+    unknown = [f for f in features if f not in FEATURES]
+    if unknown or not features:
+        raise ValueError(f"not a feature list: {features!r}")
+    train_x = np.asarray(train_x, dtype="float32")
+    if train_x.ndim != 2 or train_x.shape[1] != len(features):
+        raise ValueError(f"train_x has shape {train_x.shape}, expected (n, {len(features)})")
+    return BUILDERS[family](train_x, n_classes, params, list(features))
 
 
 def compile_model(model: keras.Model, params, steps_per_epoch: int) -> keras.Model:

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stages.common import UserError
+from stages.common import FEATURE_SETS, UserError
 
 PARAMS_FILE = Path("params.yaml")
 FAMILIES = ("softmax", "mlp", "lstm")
@@ -144,4 +144,13 @@ def load_model_name(path: Path = PARAMS_FILE) -> str:
     name = data.get("model")
     if name not in FAMILIES:
         raise UserError(f"{path}: model = {name!r}: must be one of {', '.join(FAMILIES)}")
+    return name
+
+
+def load_feature_set(path: Path = PARAMS_FILE) -> str:
+    """The `features` param: which feature set (stages.common.FEATURE_SETS) models train on."""
+    data = read_params_file(path)
+    name = data.get("features", "all")  # a params file from before the param: all 15
+    if not isinstance(name, str) or name not in FEATURE_SETS:
+        raise UserError(f"{path}: features = {name!r}: must be one of {', '.join(FEATURE_SETS)}")
     return name

@@ -19,7 +19,6 @@ import pandas as pd
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from stages.common import (
-    FEATURES,
     MODELS_DIR,
     PLOTS_DIR,
     PUBLISHED_MODEL,
@@ -130,10 +129,10 @@ def publish(model_name: str, models_dir: Path = MODELS_DIR, plots_dir: Path = PL
     from stages.model_files import load_model, predict_proba  # noqa: PLC0415
 
     source = models_dir / f"{model_name}.keras"
-    model, classes = load_model(source)
+    model, classes, features = load_model(source)
     test = read_labeled("test")
     actual = label_indices(test, classes)
-    predicted = predict_proba(model, test[FEATURES].to_numpy("float32")).argmax(axis=1)
+    predicted = predict_proba(model, test[features].to_numpy("float32")).argmax(axis=1)
     matrix = confusion_counts(actual, predicted, len(classes))
     scores = per_class_scores(actual, predicted, classes)
     accuracy = float((actual == predicted).mean())
@@ -146,7 +145,8 @@ def publish(model_name: str, models_dir: Path = MODELS_DIR, plots_dir: Path = PL
                    plots_dir / "confusion.png")
     with atomic_path(published, suffix=".keras") as tmp:
         shutil.copyfile(source, tmp)
-    return {"model": model_name, "classes": len(classes), "test_rows": int(len(test)),
+    return {"model": model_name, "classes": len(classes), "features": features,
+            "test_rows": int(len(test)),
             "accuracy": round(accuracy, 5), "macro_f1": round(macro_f1, 5)}
 
 

@@ -1,8 +1,9 @@
 """Stages train_softmax / train_mlp / train_lstm: ``python -m stages.train FAMILY``.
 
 Reads data/labeled/{train,val}.parquet and classes.json, trains the family's
-model with the settings in its params.yaml section, and writes
-models/FAMILY.keras (class list inside), the per-epoch learning curves
+model on the feature set named by param ``features`` with the settings in its
+params.yaml section, and writes models/FAMILY.keras (class and feature lists
+inside), the per-epoch learning curves
 plots/train/FAMILY.csv and a training report reports/train/FAMILY.json (epochs,
 best epoch, wall time: a plain output, not a metric, since timings differ between runs).
 """
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from stages.common import (
+    FEATURE_SETS,
     FEATURES,
     MODELS_DIR,
     PLOTS_DIR,
@@ -28,12 +30,13 @@ from stages.common import (
     write_json,
 )
 from stages.model_files import save_model
-from stages.params import FAMILIES, load_section
+from stages.params import FAMILIES, load_feature_set, load_section
 from stages.tf_setup import quiet_tensorflow
 
 
-def features_and_labels(frame: pd.DataFrame, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    return frame[FEATURES].to_numpy(dtype="float32"), label_indices(frame, classes).astype("int32")
+def features_and_labels(frame: pd.DataFrame, classes: list[str],
+                        features: list[str] = FEATURES) -> tuple[np.ndarray, np.ndarray]:
+    return frame[features].to_numpy(dtype="float32"), label_indices(frame, classes).astype("int32")
 
 
 def learning_curves(history: dict) -> pd.DataFrame:
@@ -68,16 +71,17 @@ def epoch_printer(epochs: int):
     return EpochPrinter()
 
 
-def train(family: str, params, train_frame, val_frame, classes, extra_callbacks=()):
-    """Fit the family's model; return (model, history dict, summary dict)."""
+def train(family: str, params, train_frame, val_frame, classes,
+          features: list[str] = FEATURES, extra_callbacks=()):
+    """Fit the family's model on ``features``; return (model, history dict, summary dict)."""
     import keras  # noqa: PLC0415
 
     from stages import models  # noqa: PLC0415
 
     keras.utils.set_random_seed(params.seed)
-    x_train, y_train = features_and_labels(train_frame, classes)
-    x_val, y_val = features_and_labels(val_frame, classes)
-    model = models.build(family, x_train, len(classes), params)
+    x_train, y_train = features_and_labels(train_frame, classes, features)
+    x_val, y_val = features_and_labels(val_frame, classes, features)
+    model = models.build(family, x_train, len(classes), params, features)
     steps = int(np.ceil(len(x_train) / params.batch_size))
     models.compile_model(model, params, steps)
     callbacks = [keras.callbacks.EarlyStopping(
@@ -93,6 +97,7 @@ def train(family: str, params, train_frame, val_frame, classes, extra_callbacks=
     summary = {
         "family": family,
         "classes": len(classes),
+        "features": list(features),
         "val_accuracy": round(float(val_acc), 5),
         "val_top5": round(float(val_top5), 5),
         "val_loss": round(float(val_loss), 5),
@@ -110,15 +115,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("family", choices=FAMILIES)
     args = parser.parse_args(argv)
     params = load_section(args.family)  # validate before any heavy import
+    features = FEATURE_SETS[load_feature_set()]
     quiet_tensorflow()
     classes = read_classes()
     train_frame, val_frame = read_labeled("train"), read_labeled("val")
-    model, history, summary = train(args.family, params, train_frame, val_frame, classes)
+    model, history, summary = train(args.family, params, train_frame, val_frame, classes,
+                                    features=features)
     # each file is written atomically, and only after training has finished
     write_csv(PLOTS_DIR / "train" / f"{args.family}.csv", learning_curves(history))
     write_json(REPORTS_DIR / "train" / f"{args.family}.json", summary)
-    save_model(model, MODELS_DIR / f"{args.family}.keras", classes)
-    print(f"train {args.family}: val accuracy {summary['val_accuracy']:.4f}, "
+    save_model(model, MODELS_DIR / f"{args.family}.keras", classes, features)
+    print(f"train {args.family} ({len(features)} features): "
+          f"val accuracy {summary['val_accuracy']:.4f}, "
           f"{summary['epochs_run']} epochs, {summary['train_seconds']} s, "
           f"{summary['parameters']} parameters")
 

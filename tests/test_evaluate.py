@@ -129,3 +129,52 @@ def test_cluster_order_puts_confused_classes_together():
     order = list(pub.cluster_order(matrix))
     assert abs(order.index(0) - order.index(2)) == 1
     assert abs(order.index(1) - order.index(3)) == 1
+
+
+def test_ceiling_and_seen_in_train_use_the_models_features():
+    from stages.common import AUDIO_FEATURES
+
+    # two tracks that differ only in popularity, which an audio-features model never sees
+    test = _test_frame([("t1", 0.1, "a"), ("t2", 0.1, "b")])
+    test["popularity"] = [10.0, 90.0]
+    assert ev.ceiling_accuracy(test) == 1.0  # all 15: two distinct inputs
+    assert ev.ceiling_accuracy(test, AUDIO_FEATURES) == 0.5  # 13: one input, two labels
+    train = test.iloc[:1].assign(popularity=50.0)
+    np.testing.assert_array_equal(ev.seen_in_train(test, train), [False, False])
+    np.testing.assert_array_equal(ev.seen_in_train(test, train, AUDIO_FEATURES), [True, True])
+    stats = ev.test_set_stats(test, np.array([True, True]), CLASSES, AUDIO_FEATURES)
+    assert stats["ceiling"] == 0.5
+
+
+@pytest.mark.parametrize("mlp_features, ceiling", [("audio", 0.5), ("all", 1.0)])
+def test_evaluate_feeds_each_model_its_own_features(in_tmp_repo, mlp_features, ceiling):
+    from stages import model_files, models
+    from stages.common import AUDIO_FEATURES, FEATURE_SETS, write_parquet
+    from stages.params import validate
+    from stages.split import clean
+    from stages.tf_setup import quiet_tensorflow
+    from tests.conftest import make_tracks
+
+    quiet_tensorflow()
+    frame, _ = clean(make_tracks(rows_per_genre=10))
+    frame["label"] = frame["track_genre"]
+    classes = sorted(frame["label"].unique())
+    # the same audio features under another popularity and genre: only 15 features tell them apart
+    twins = frame.head(6).assign(
+        popularity=lambda f: f["popularity"] + 1, track_id=lambda f: f["track_id"] + "-twin",
+        label=lambda f: f["label"].map({"acoustic": "blues"}).fillna("dance"))
+    test = pd.concat([frame.head(6), twins], ignore_index=True)
+    for split, part in (("train", frame), ("val", frame), ("test", test)):
+        write_parquet(f"data/labeled/{split}.parquet", part)
+    for family, features in (("softmax", AUDIO_FEATURES), ("mlp", FEATURE_SETS[mlp_features])):
+        params = validate(family, {"hidden": [4]} if family == "mlp" else {})
+        model = models.build(family, frame[features].to_numpy("float32"), len(classes), params,
+                             features)
+        model_files.save_model(model, in_tmp_repo / "models" / f"{family}.keras", classes,
+                               features)
+    report = ev.evaluate(["softmax", "mlp"], in_tmp_repo / "models")
+    assert report["families"]["softmax"]["features"] == 13
+    assert report["families"]["mlp"]["features"] == len(FEATURE_SETS[mlp_features])
+    # the test-set lines use every feature some model takes: with only audio models the
+    # twins are one input with two labels
+    assert report["test_set"]["ceiling"] == ceiling

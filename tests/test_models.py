@@ -1,9 +1,13 @@
-"""Builders build, fit a step, and survive a save/load round trip with their class list."""
+"""Builders build, fit a step, and survive a save/load round trip with their class and
+feature lists; they work on any feature subset."""
+
+import json
+import zipfile
 
 import numpy as np
 import pytest
 
-from stages.common import FEATURES
+from stages.common import AUDIO_FEATURES, FEATURES, UserError
 from stages.params import validate
 from stages.tf_setup import quiet_tensorflow
 from tests.conftest import make_tracks
@@ -52,10 +56,10 @@ def test_builder_fits_and_round_trips(name, frames, tmp_path):
     raw = val_frame[FEATURES].to_numpy("float32")
     before = model.predict(raw, verbose=0)
     path = tmp_path / f"{family}.keras"
-    model_files.save_model(model, path, CLASSES)
+    model_files.save_model(model, path, CLASSES, FEATURES)
     plain = keras.models.load_model(path)  # nothing but Keras needed
-    loaded, classes = model_files.load_model(path)
-    assert classes == CLASSES
+    loaded, classes, features = model_files.load_model(path)
+    assert classes == CLASSES and features == FEATURES
     np.testing.assert_array_equal(plain.predict(raw, verbose=0), before)
     np.testing.assert_array_equal(loaded.predict(raw, verbose=0), before)
     assert before.shape == (len(raw), len(CLASSES))
@@ -97,3 +101,120 @@ def test_labels_outside_the_class_list_are_a_clear_error(frames):
 
     with pytest.raises(UserError, match="labels not in the model.s class list: dance"):
         train.features_and_labels(frames[0], CLASSES[:3])
+
+
+# --- feature subsets (param `features`) -------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["softmax-engineered", "mlp-embedded", "lstm-token",
+                                  "lstm-stacked-study", "lstm-dense_lstm-study"])
+def test_builders_take_the_audio_features(name, frames):
+    family, changes = VARIANTS[name]
+    params = validate(family, {"epochs": 1, "batch_size": 32, **changes})
+    train_x = frames[0][AUDIO_FEATURES].to_numpy("float32")
+    model = models.build(family, train_x, 4, params, AUDIO_FEATURES)
+    assert model.input_shape == (None, 13)
+    assert model.predict(train_x[:3], verbose=0).shape == (3, 4)
+    if family == "lstm":  # one step per feature
+        assert model.get_layer("lstm_0").input.shape[1] == 13
+    if "feature_tokens" in [layer.name for layer in model.layers]:
+        assert model.get_layer("feature_tokens").output.shape[1] == 13
+
+
+def test_engineered_inputs_look_features_up_by_name(frames):
+    import keras
+
+    params = validate("softmax", {"inputs": "engineered"})
+    train_x = frames[0][AUDIO_FEATURES].to_numpy("float32")
+    model = models.build("softmax", train_x, 4, params, AUDIO_FEATURES)
+    out = keras.Model(model.input, model.get_layer("engineered").output).predict(
+        train_x[:5], verbose=0)
+    assert out.shape == (5, 13 + 12 + 6)
+    key = train_x[:5, AUDIO_FEATURES.index("key")].astype(int)
+    np.testing.assert_array_equal(out[:, 13:13 + 12].argmax(axis=1), key)
+    # the log goes to the long-tailed features wherever they sit in the list
+    norm = model.get_layer("standardize")
+    i = AUDIO_FEATURES.index("duration_ms")
+    expected = np.log(np.maximum(train_x[:, i], 0) + 1.0).mean()
+    assert float(np.asarray(norm.mean).ravel()[i]) == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_subset_without_categorical_features_builds(frames):
+    subset = ["energy", "liveness", "tempo"]
+    train_x = frames[0][subset].to_numpy("float32")
+    for family, changes in (("mlp", {"embedding_dim": 2, "hidden": [4]}), ("softmax", {})):
+        model = models.build(family, train_x, 4, validate(family, changes), subset)
+        assert model.input_shape == (None, 3)
+        assert np.isfinite(model.predict(train_x[:2], verbose=0)).all()
+
+
+def test_builder_refuses_features_that_do_not_match_train_x(frames):
+    with pytest.raises(ValueError, match="expected"):
+        models.build("mlp", frames[0][FEATURES].to_numpy("float32"), 4, validate("mlp", {}),
+                     AUDIO_FEATURES)
+
+
+@pytest.fixture(scope="module")
+def audio_model_file(frames, tmp_path_factory):
+    params = validate("mlp", {"epochs": 1, "batch_size": 32, "hidden": [8]})
+    model, _, summary = train.train("mlp", params, *frames, CLASSES, features=AUDIO_FEATURES)
+    assert summary["features"] == AUDIO_FEATURES
+    path = tmp_path_factory.mktemp("audio") / "mlp.keras"
+    model_files.save_model(model, path, CLASSES, AUDIO_FEATURES)
+    return path
+
+
+def _rewrite_zip(source, dest, drop=(), add=None):
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(dest, "w") as new:
+        for item in old.infolist():
+            if item.filename not in drop:
+                new.writestr(item, old.read(item.filename))
+        for name, data in (add or {}).items():
+            new.writestr(name, data)
+    return dest
+
+
+def test_saved_feature_list_round_trips(audio_model_file, frames):
+    model, classes, features = model_files.load_model(audio_model_file)
+    assert features == AUDIO_FEATURES and classes == CLASSES
+    assert model.input_shape == (None, 13)
+    assert model_files.read_features(audio_model_file) == AUDIO_FEATURES
+    with zipfile.ZipFile(audio_model_file) as archive:
+        assert json.loads(archive.read("features.json")) == AUDIO_FEATURES
+    proba = model_files.predict_proba(model, frames[1][features].to_numpy("float32"))
+    assert proba.shape == (len(frames[1]), 4)
+
+
+def test_a_model_file_without_a_feature_list_takes_all_15(frames, tmp_path):
+    params = validate("softmax", {"epochs": 1, "batch_size": 32})
+    model, _, _ = train.train("softmax", params, *frames, CLASSES)
+    new_style = tmp_path / "new.keras"
+    model_files.save_model(model, new_style, CLASSES, FEATURES)
+    old_style = _rewrite_zip(new_style, tmp_path / "old.keras", drop={"features.json"})
+    with zipfile.ZipFile(old_style) as archive:
+        assert "features.json" not in archive.namelist()
+    _, classes, features = model_files.load_model(old_style)
+    assert features == FEATURES and classes == CLASSES
+    assert model_files.read_features(old_style) == FEATURES
+
+
+def test_a_feature_list_that_does_not_fit_the_model_is_refused(audio_model_file, tmp_path):
+    wrong = _rewrite_zip(audio_model_file, tmp_path / "wrong.keras", drop={"features.json"})
+    with pytest.raises(UserError, match="not a model saved by this project.*takes 13 values"):
+        model_files.load_model(wrong)  # no list means 15, the model takes 13
+    junk = _rewrite_zip(audio_model_file, tmp_path / "junk.keras", drop={"features.json"},
+                        add={"features.json": json.dumps(["energy", "loudness", "colour"])})
+    with pytest.raises(UserError, match="not a list of feature names"):
+        model_files.read_features(junk)
+
+
+def test_predict_proba_uses_an_objects_own_predict_proba():
+    class Forest:  # what a tree-model family's loaded model looks like
+        def predict_proba(self, x):
+            return np.full((len(x), 3), 1 / 3)
+
+        def __call__(self, *args, **kwargs):
+            raise AssertionError("called like a Keras model")
+
+    proba = model_files.predict_proba(Forest(), np.zeros((5, 13), dtype="float32"))
+    assert proba.shape == (5, 3)

@@ -1,7 +1,17 @@
+import os
+import subprocess
+import sys
+
 import pytest
 
-from stages.common import UserError
-from stages.params import load_model_name, load_section, read_params_file, validate
+from stages.common import AUDIO_FEATURES, FEATURE_SETS, FEATURES, UserError
+from stages.params import (
+    load_feature_set,
+    load_model_name,
+    load_section,
+    read_params_file,
+    validate,
+)
 from tests.conftest import REPO
 
 
@@ -10,6 +20,44 @@ def test_repo_params_file_is_valid():
     for section in ("fetch", "split", "merge_genres", "softmax", "mlp", "lstm"):
         validate(section, data[section])
     assert load_model_name(REPO / "params.yaml") in ("softmax", "mlp", "lstm")
+    assert load_feature_set(REPO / "params.yaml") == "all"
+
+
+def test_feature_sets_keep_the_dataset_order():
+    assert FEATURE_SETS == {"all": FEATURES, "audio": AUDIO_FEATURES}
+    assert AUDIO_FEATURES == ["duration_ms", "danceability", "energy", "key", "loudness", "mode",
+                              "speechiness", "acousticness", "instrumentalness", "liveness",
+                              "valence", "tempo", "time_signature"]
+
+
+@pytest.mark.parametrize("text, expected", [("features: audio\n", "audio"),
+                                            ("features: all\n", "all"),
+                                            ("model: mlp\n", "all")])  # absent: all 15
+def test_feature_set_param(tmp_path, text, expected):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    assert load_feature_set(path) == expected
+
+
+@pytest.mark.parametrize("value, shown", [("rf", "'rf'"), ("[audio]", "['audio']"),
+                                          ("null", "None")])
+def test_bad_feature_set_lists_valid_ones(tmp_path, value, shown):
+    path = tmp_path / "params.yaml"
+    path.write_text(f"features: {value}\n")
+    with pytest.raises(UserError) as excinfo:
+        load_feature_set(path)
+    assert str(excinfo.value) == f"{path}: features = {shown}: must be one of all, audio"
+
+
+def test_train_stops_on_a_bad_feature_set_with_one_line(tmp_path):
+    params = (REPO / "params.yaml").read_text()
+    assert "\nfeatures: all\n" in params
+    (tmp_path / "params.yaml").write_text(params.replace("\nfeatures: all\n", "\nfeatures: api\n"))
+    result = subprocess.run([sys.executable, "-m", "stages.train", "mlp"], cwd=tmp_path,
+                            capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 2
+    assert result.stderr == "error: params.yaml: features = 'api': must be one of all, audio\n"
 
 
 @pytest.mark.parametrize("section, raw, message", [

@@ -4,9 +4,11 @@ import csv
 import io
 import json
 import re
+import zipfile
 
 import pytest
 
+from stages.common import AUDIO_FEATURES, FEATURES
 from tests.conftest import clone_repo, run_cmd
 
 pytestmark = pytest.mark.slow
@@ -144,3 +146,22 @@ def test_unknown_model_param_is_a_clear_error(pipeline_repo):
         (repo / "params.yaml").write_text(params)
     assert bad.returncode == 2
     assert bad.stderr.strip() == "error: params.yaml: model = 'cnn': must be one of softmax, mlp, lstm"
+
+
+def _saved_features(path):
+    with zipfile.ZipFile(path) as archive:
+        return json.loads(archive.read("features.json"))
+
+
+def test_audio_features_retrain_every_family_and_nothing_before(reproduced_repo, tmp_path):
+    source, env, _ = reproduced_repo
+    repo = clone_repo(source, tmp_path / "repo")
+    assert _saved_features(repo / "models/mlp.keras") == FEATURES  # the default: all 15
+    result = run_cmd(["dvc", "exp", "run", "-S", "features=audio"], repo, env)
+    assert sorted(_ran(result)) == sorted(
+        ["train_softmax", "train_mlp", "train_lstm", "evaluate", "publish"]), result.stdout
+    for name in (*FAMILIES, "genre-classifier"):
+        assert _saved_features(repo / f"models/{name}.keras") == AUDIO_FEATURES, name
+    report = json.loads((repo / "reports/evaluate.json").read_text())
+    assert {f: report["families"][f]["features"] for f in FAMILIES} == dict.fromkeys(FAMILIES, 13)
+    assert json.loads((repo / "reports/published.json").read_text())["features"] == AUDIO_FEATURES

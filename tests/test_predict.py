@@ -1,10 +1,12 @@
 import io
+import json
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
 
+from stages.common import AUDIO_FEATURES, FEATURES
 from stages.params import validate
 from stages.tf_setup import quiet_tensorflow
 from tests.conftest import REPO, make_tracks
@@ -23,7 +25,7 @@ def model_file(tmp_path_factory):
     params = validate("softmax", {"epochs": 1, "batch_size": 32})
     model, _, _ = train.train("softmax", params, frame, frame, classes)
     path = tmp_path_factory.mktemp("model") / "softmax.keras"
-    model_files.save_model(model, path, classes)
+    model_files.save_model(model, path, classes, FEATURES)
     return path, classes
 
 
@@ -98,3 +100,191 @@ def test_class_list_travels_with_the_model(model_file, input_rows, tmp_path):
     out = run_predict(path, tmp_path / "in.csv", "-k", len(classes))
     table = pd.read_csv(io.StringIO(out.stdout))
     assert sorted(table.iloc[0][[f"genre_{i + 1}" for i in range(len(classes))]]) == classes
+
+
+# --- models of the 13 audio features, and the audio-features API's JSON --------------
+
+AUDIO_HINT = ("this model takes all 15 features; a model trained with features=audio needs only "
+              "the 13 audio features (dvc exp run -S features=audio)")
+
+
+@pytest.fixture(scope="module")
+def audio_model_file(tmp_path_factory):
+    from stages import model_files, train
+    from stages.split import clean
+
+    frame, _ = clean(make_tracks(rows_per_genre=30))
+    frame["label"] = frame["track_genre"]
+    classes = sorted(frame["label"].unique())
+    params = validate("mlp", {"epochs": 1, "batch_size": 32, "hidden": [8]})
+    model, _, _ = train.train("mlp", params, frame, frame, classes, features=AUDIO_FEATURES)
+    path = tmp_path_factory.mktemp("model") / "mlp-audio.keras"
+    model_files.save_model(model, path, classes, AUDIO_FEATURES)
+    return path, classes
+
+
+def api_entries(rows: pd.DataFrame) -> list[dict]:
+    """What GET /v1/audio-features?ids=... returns for these rows (in the API's key order)."""
+    order = ["danceability", "energy", "key", "loudness", "mode", "speechiness", "acousticness",
+             "instrumentalness", "liveness", "valence", "tempo"]
+    entries = []
+    for row in rows.to_dict("records"):
+        tid = row["track_id"]
+        entries.append({**{f: row[f] for f in order}, "type": "audio_features", "id": tid,
+                        "uri": f"spotify:track:{tid}",
+                        "track_href": f"https://api.spotify.com/v1/tracks/{tid}",
+                        "analysis_url": f"https://api.spotify.com/v1/audio-analysis/{tid}",
+                        "duration_ms": row["duration_ms"],
+                        "time_signature": row["time_signature"]})
+    return json.loads(json.dumps(entries))  # plain JSON values, as a client parses them
+
+
+def test_audio_model_reads_13_shuffled_columns_and_api_json(audio_model_file, input_rows,
+                                                            tmp_path):
+    path, classes = audio_model_file
+    columns = ["track_id", *AUDIO_FEATURES]
+    shuffled = input_rows[[columns[i] for i in (9, 3, 0, 12, 5, 1, 13, 7, 2, 11, 4, 8, 6, 10)]]
+    assert "popularity" not in shuffled and "explicit" not in shuffled
+    shuffled.to_csv(tmp_path / "in.csv", index=False)
+    from_csv = run_predict(path, tmp_path / "in.csv", "-k", 2)
+    assert from_csv.returncode == 0 and from_csv.stderr == "", from_csv.stderr
+    csv_table = pd.read_csv(io.StringIO(from_csv.stdout))
+    assert list(csv_table.columns) == ["track_id", "line", "genre_1", "prob_1", "genre_2", "prob_2"]
+    assert csv_table["track_id"].tolist() == input_rows["track_id"].tolist()
+    assert set(csv_table["genre_1"]) <= set(classes)
+
+    entries = api_entries(input_rows)
+    entries.insert(2, None)  # entry 3: an unknown id
+    entries.insert(7, None)  # entry 8
+    wrapped = tmp_path / "songs.json"
+    wrapped.write_text("\n  " + json.dumps({"audio_features": entries}, indent=1))
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps(entries))
+    for source in (wrapped, bare):
+        out = run_predict(path, source, "-k", 2)
+        assert out.returncode == 0, out.stderr
+        assert out.stderr.splitlines() == [
+            f"{source}: entry 3: null (unknown track id?); skipped",
+            f"{source}: entry 8: null (unknown track id?); skipped",
+        ]
+        table = pd.read_csv(io.StringIO(out.stdout))
+        assert list(table.columns) == ["track_id", "entry", "genre_1", "prob_1", "genre_2",
+                                       "prob_2"]
+        assert table["entry"].tolist() == [1, 2, 4, 5, 6, 7, 9, 10, 11, 12]
+        # same tracks, same answers as from the CSV
+        pd.testing.assert_frame_equal(table.drop(columns=["entry"]),
+                                      csv_table.drop(columns=["line"]))
+
+
+def test_api_json_entries_with_bad_features_are_reported_and_skipped(audio_model_file,
+                                                                    input_rows, tmp_path):
+    path, _ = audio_model_file
+    entries = api_entries(input_rows)
+    del entries[1]["tempo"]
+    entries[3]["energy"] = "loud"
+    entries[4]["mode"] = True
+    entries[5]["key"] = None
+    entries.insert(6, 42)
+    (tmp_path / "songs.json").write_text(json.dumps({"audio_features": entries}))
+    out = run_predict(path, tmp_path / "songs.json")
+    assert out.returncode == 0, out.stderr
+    source = tmp_path / "songs.json"
+    assert out.stderr.splitlines() == [
+        f"{source}: entry 2: field 'tempo': missing; entry skipped",
+        f"{source}: entry 4: field 'energy': \"loud\" is not a number; entry skipped",
+        f"{source}: entry 5: field 'mode': true is not a number; entry skipped",
+        f"{source}: entry 6: field 'key': missing; entry skipped",
+        f"{source}: entry 7: 42 is not an object; skipped",
+    ]
+    table = pd.read_csv(io.StringIO(out.stdout))
+    assert table["entry"].tolist() == [1, 3, 8, 9, 10, 11]
+    nulls = tmp_path / "nulls.json"
+    nulls.write_text('{"audio_features": [null, null]}')
+    none = run_predict(path, nulls)
+    assert none.returncode == 2
+    assert none.stderr.splitlines() == [
+        f"{nulls}: entry 1: null (unknown track id?); skipped",
+        f"{nulls}: entry 2: null (unknown track id?); skipped",
+        f"error: {nulls}: no row could be predicted",
+    ]
+
+
+def test_all_features_model_names_the_missing_columns_and_the_audio_model(
+        model_file, audio_model_file, input_rows, tmp_path):
+    path, _ = model_file
+    input_rows[["track_id", *AUDIO_FEATURES]].to_csv(tmp_path / "songs.csv", index=False)
+    out = run_predict(path, tmp_path / "songs.csv")
+    assert out.returncode == 2
+    assert out.stderr == (f"error: {tmp_path / 'songs.csv'}: missing feature column(s) "
+                          f"popularity, explicit: {AUDIO_HINT}\n")
+    (tmp_path / "songs.json").write_text(json.dumps(api_entries(input_rows)))
+    out = run_predict(path, tmp_path / "songs.json")
+    assert out.returncode == 2
+    assert out.stderr == (f"error: {tmp_path / 'songs.json'}: missing feature field(s) "
+                          f"popularity, explicit: {AUDIO_HINT}\n")
+    input_rows.drop(columns=["explicit"]).to_csv(tmp_path / "one.csv", index=False)
+    out = run_predict(path, tmp_path / "one.csv")
+    assert out.stderr == (f"error: {tmp_path / 'one.csv'}: missing feature column(s) "
+                          f"explicit: {AUDIO_HINT}\n")
+    # an audio feature missing as well: the audio model would not do either, no hint
+    input_rows[["track_id", *AUDIO_FEATURES[1:]]].to_csv(tmp_path / "less.csv", index=False)
+    out = run_predict(path, tmp_path / "less.csv")
+    assert out.returncode == 2
+    assert out.stderr == (f"error: {tmp_path / 'less.csv'}: missing feature column(s) "
+                          "popularity, duration_ms, explicit\n")
+    audio_path, _ = audio_model_file
+    out = run_predict(audio_path, tmp_path / "less.csv")
+    assert out.returncode == 2
+    assert out.stderr == f"error: {tmp_path / 'less.csv'}: missing feature column(s) duration_ms\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[{"energy": 0.5,}]', "not valid JSON (line 1, column 17: Expecting property name "
+                           "enclosed in double quotes)"),
+    ('{"audio_features": [{"energy": 0.5}', "not valid JSON (line 1, column 36: Expecting ',' "
+                                            "delimiter)"),
+    ('{"audio_features": 5}', 'expected a list of audio-feature objects or '
+                              '{"audio_features": [...]}'),
+])
+def test_bad_json_is_one_clear_line(audio_model_file, tmp_path, text, message):
+    path, _ = audio_model_file
+    (tmp_path / "songs.json").write_text(text)
+    out = run_predict(path, tmp_path / "songs.json")
+    assert out.returncode == 2
+    assert out.stderr == f"error: {tmp_path / 'songs.json'}: {message}\n"
+
+
+def test_no_audio_hint_for_a_model_that_does_not_take_all_15(input_rows, tmp_path):
+    from stages import model_files, models
+
+    subset = ["popularity", "energy", "tempo"]  # a hand-made feature list
+    model = models.build("softmax", input_rows[subset].to_numpy("float32"), 2,
+                         validate("softmax", {}), subset)
+    model_files.save_model(model, tmp_path / "subset.keras", ["a", "b"], subset)
+    input_rows[["track_id", "energy", "tempo"]].to_csv(tmp_path / "songs.csv", index=False)
+    out = run_predict(tmp_path / "subset.keras", tmp_path / "songs.csv")
+    assert out.returncode == 2
+    assert out.stderr == f"error: {tmp_path / 'songs.csv'}: missing feature column(s) popularity\n"
+
+
+def test_top_k_is_a_stable_sort_of_the_probabilities():
+    import numpy as np
+
+    from stages.predict import top_k_classes
+
+    rng = np.random.default_rng(0)
+    proba = rng.random((500, 20)).astype("float32")
+    proba[:, 5] = proba[:, 7]  # ties inside and at the edge of the top k
+    proba[:50] = 0
+    proba[:50, 3] = 1  # saturated rows: many classes at exactly 0
+    proba[50:100] = proba[50:100].round(1)
+    for k in (1, 2, 3, 5, 19, 20):
+        np.testing.assert_array_equal(top_k_classes(proba, k),
+                                      np.argsort(-proba, axis=1, kind="stable")[:, :k])
+
+
+def test_one_api_object_is_one_entry(tmp_path):
+    from stages.predict import json_entries
+
+    (tmp_path / "one.json").write_text(' {"id": "x", "energy": 0.5, "tempo": 120}')
+    assert json_entries(tmp_path / "one.json") == [{"id": "x", "energy": 0.5, "tempo": 120}]
