@@ -143,12 +143,12 @@ def evaluate(families, models_dir: Path = MODELS_DIR) -> dict:
     from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
 
     quiet_tensorflow()
-    from stages.model_files import load_model, predict_proba  # noqa: PLC0415
+    from stages.model_files import family_file, load_model, predict_proba  # noqa: PLC0415
 
     splits = {name: read_labeled(name) for name in SPLITS}
     test = splits["test"]
     track_labels = labels_per_track(list(splits.values()))
-    loaded = {family: load_model(models_dir / f"{family}.keras") for family in families}
+    loaded = {family: load_model(models_dir / family_file(family).name) for family in families}
     # The test-set lines (ceiling, rows seen in train) depend on what the models see:
     # the features any of them takes (one list, param `features`, in a pipeline run).
     used = {f for _, _, features in loaded.values() for f in features}

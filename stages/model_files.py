@@ -1,8 +1,10 @@
 """Saving and loading the project's model files (used by train, evaluate, publish, predict).
 
-A model is a plain ``.keras`` file with two extra zip members, the class list and
+A network is a plain ``.keras`` file with two extra zip members, the class list and
 the feature list, so a model trained on merged genres predicts merged genres and a
-model trained on the 13 audio features asks only for those, wherever it travels.
+model trained on the 13 audio features asks only for those, wherever it travels. A
+tree family is an ``.npz`` of plain arrays with the same two lists (stages/trees.py).
+Neither format runs code from the file when it is loaded.
 """
 
 from __future__ import annotations
@@ -11,11 +13,19 @@ import json
 import zipfile
 from pathlib import Path
 
-from stages.common import FEATURES, UserError, atomic_path
+from stages.common import FEATURES, MODELS_DIR, UserError, atomic_path
 
 # extra members in the .keras zip; keras' loader ignores them
 CLASSES_MEMBER = "classes.json"
 FEATURES_MEMBER = "features.json"
+TREE_SUFFIX = ".npz"
+
+
+def family_file(family: str) -> Path:
+    """Where the pipeline keeps a family's model: models/<family>.keras or .npz (trees)."""
+    from stages.params import TREES  # noqa: PLC0415
+
+    return MODELS_DIR / f"{family}{TREE_SUFFIX if family in TREES else '.keras'}"
 
 
 def save_model(model, path: Path, classes: list[str], features: list[str]) -> None:
@@ -50,6 +60,10 @@ def read_features(path: Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise _missing_file(path)
+    if path.suffix == TREE_SUFFIX:
+        from stages import trees  # noqa: PLC0415
+
+        return trees.load(path)[2]
     try:
         with zipfile.ZipFile(path) as archive:
             return _features_in(archive)
@@ -60,14 +74,20 @@ def read_features(path: Path) -> list[str]:
 def load_model(path: Path):
     """Load a saved model: (model, class list, feature list); a clear error when missing or broken.
 
+    A tree family's ``.npz`` is read with ``np.load(allow_pickle=False)`` and checked.
+
     Keras' loader runs in safe mode (the default): a file with Python lambdas or
     custom objects is refused, so a model pulled from a remote executes no code of its own.
     """
-    import keras  # noqa: PLC0415 - callers run stages.tf_setup.quiet_tensorflow() first
-
     path = Path(path)
     if not path.is_file():
         raise _missing_file(path)
+    if path.suffix == TREE_SUFFIX:
+        from stages import trees  # noqa: PLC0415
+
+        return trees.load(path)
+    import keras  # noqa: PLC0415 - callers run stages.tf_setup.quiet_tensorflow() first
+
     try:
         with zipfile.ZipFile(path) as archive:
             classes = json.loads(archive.read(CLASSES_MEMBER))

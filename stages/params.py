@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from stages.common import FEATURE_SETS, UserError
 
 PARAMS_FILE = Path("params.yaml")
-FAMILIES = ("softmax", "mlp", "lstm")
+NETWORKS = ("softmax", "mlp", "lstm")  # Keras models: the families `model` may publish
+TREES = ("forest", "boosting")  # scikit-learn tree models (stages/trees.py), scored beside them
+FAMILIES = NETWORKS + TREES
 
 
 class Section(BaseModel):
@@ -78,6 +80,28 @@ class LstmParams(TrainParams):
     unroll: bool = True
 
 
+
+class ForestParams(Section):
+    """scikit-learn RandomForestClassifier (bootstrap rows, gini)."""
+
+    n_estimators: int = Field(200, ge=1)
+    max_features: int = Field(3, ge=1, le=15)  # features tried per split; 3 = sqrt(15)
+    min_samples_leaf: int = Field(2, ge=1)
+    seed: int = Field(42, ge=0)
+
+
+class BoostingParams(Section):
+    """scikit-learn HistGradientBoostingClassifier, early stopping on the validation loss."""
+
+    learning_rate: float = Field(0.1, gt=0, le=1)
+    max_leaf_nodes: int = Field(63, ge=2)
+    min_samples_leaf: int = Field(20, ge=1)
+    l2_regularization: float = Field(5.0, ge=0)  # without it rare classes' leaves blow up
+    max_rounds: int = Field(300, ge=1)  # upper bound; early stopping usually ends sooner
+    patience: int = Field(10, ge=1)  # rounds without a better validation loss before stopping
+    seed: int = Field(42, ge=0)
+
+
 SECTIONS: dict[str, type[Section]] = {
     "fetch": FetchParams,
     "split": SplitParams,
@@ -85,6 +109,8 @@ SECTIONS: dict[str, type[Section]] = {
     "softmax": SoftmaxParams,
     "mlp": MlpParams,
     "lstm": LstmParams,
+    "forest": ForestParams,
+    "boosting": BoostingParams,
 }
 
 
@@ -142,8 +168,8 @@ def load_section(section: str, path: Path = PARAMS_FILE):
 def load_model_name(path: Path = PARAMS_FILE) -> str:
     data = read_params_file(path)
     name = data.get("model")
-    if name not in FAMILIES:
-        raise UserError(f"{path}: model = {name!r}: must be one of {', '.join(FAMILIES)}")
+    if name not in NETWORKS:
+        raise UserError(f"{path}: model = {name!r}: must be one of {', '.join(NETWORKS)}")
     return name
 
 

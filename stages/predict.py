@@ -33,12 +33,13 @@ from stages.common import (
     AUDIO_FEATURES,
     FEATURES,
     ID_COLUMN,
-    MODELS_DIR,
+    PUBLISHED_MODEL,
     PUBLISHED_NAME,
     UserError,
     atomic_path,
     cli,
 )
+from stages.model_files import family_file
 from stages.params import FAMILIES
 
 MAX_REPORTED_ROWS = 20
@@ -48,8 +49,9 @@ NOT_FROM_THE_API = [f for f in FEATURES if f not in AUDIO_FEATURES]
 
 
 def model_path(name: str) -> Path:
-    known = (*FAMILIES, PUBLISHED_NAME)
-    return MODELS_DIR / f"{name}.keras" if name in known else Path(name)
+    if name in FAMILIES:
+        return family_file(name)
+    return PUBLISHED_MODEL if name == PUBLISHED_NAME else Path(name)
 
 
 @dataclass
@@ -268,7 +270,8 @@ def predict_file(model_name: str, input_path: Path, k: int) -> tuple[pd.DataFram
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m stages.predict", description="Label tracks with a trained model.")
-    parser.add_argument("model", help="softmax | mlp | lstm | genre-classifier, or a path to a .keras file")
+    parser.add_argument("model", help="softmax | mlp | lstm | forest | boosting | genre-classifier, "
+                        "or a path to a model file (.keras, or .npz for a tree family)")
     parser.add_argument("input", type=Path, help="CSV with the model's feature columns, "
                         "or the JSON of Spotify's audio-features API")
     parser.add_argument("-k", type=int, default=3, help="how many genres per track (default 3)")

@@ -30,7 +30,7 @@ from stages.common import (
     write_json,
 )
 from stages.model_files import save_model
-from stages.params import FAMILIES, load_feature_set, load_section
+from stages.params import NETWORKS, load_feature_set, load_section
 from stages.tf_setup import quiet_tensorflow
 
 
@@ -112,7 +112,7 @@ def train(family: str, params, train_frame, val_frame, classes,
 @cli
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("family", choices=FAMILIES)
+    parser.add_argument("family", choices=NETWORKS)
     args = parser.parse_args(argv)
     params = load_section(args.family)  # validate before any heavy import
     features = FEATURE_SETS[load_feature_set()]

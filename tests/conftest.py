@@ -107,6 +107,8 @@ TINY_TRAINING = {  # seconds, not minutes: these runs test the wiring, not the a
     "softmax": {"epochs": 2, "batch_size": 64},
     "mlp": {"epochs": 2, "batch_size": 64, "hidden": [16, 16]},
     "lstm": {"epochs": 2, "batch_size": 64, "step_units": 8, "lstm_units": [8]},
+    "forest": {"n_estimators": 5},
+    "boosting": {"max_rounds": 5},
 }
 
 

@@ -17,7 +17,8 @@ from tests.conftest import REPO
 
 def test_repo_params_file_is_valid():
     data = read_params_file(REPO / "params.yaml")
-    for section in ("fetch", "split", "merge_genres", "softmax", "mlp", "lstm"):
+    for section in ("fetch", "split", "merge_genres", "softmax", "mlp", "lstm", "forest",
+                    "boosting"):
         validate(section, data[section])
     assert load_model_name(REPO / "params.yaml") in ("softmax", "mlp", "lstm")
     assert load_feature_set(REPO / "params.yaml") == "all"

@@ -13,9 +13,11 @@ from tests.conftest import clone_repo, run_cmd
 
 pytestmark = pytest.mark.slow
 
-FAMILIES = ("softmax", "mlp", "lstm")
-STAGES = ("fetch", "split", "merge_genres", "train_softmax", "train_mlp", "train_lstm",
-          "evaluate", "publish")
+NETWORKS = ("softmax", "mlp", "lstm")
+TREES = ("forest", "boosting")
+FAMILIES = NETWORKS + TREES
+STAGES = ("fetch", "split", "merge_genres", *(f"train_{f}" for f in FAMILIES), "evaluate",
+          "publish")
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +37,9 @@ def test_repro_runs_every_stage_and_writes_every_output(pipeline_repo):
                  "metrics/test.json", "reports/fetch.json", "reports/data.json",
                  "reports/evaluate.json", "reports/published.json", "plots/confusion.png",
                  "plots/per_genre.csv", "plots/top_confusions.csv",
-                 *(f"models/{f}.keras" for f in FAMILIES),
-                 *(f"plots/train/{f}.csv" for f in FAMILIES),
+                 *(f"models/{f}.keras" for f in NETWORKS),
+                 *(f"models/{f}.npz" for f in TREES),
+                 *(f"plots/train/{f}.csv" for f in NETWORKS),
                  *(f"reports/train/{f}.json" for f in FAMILIES)):
         assert (repo / path).is_file(), path
     # the published model is the family named by `model`, byte for byte
@@ -48,7 +51,7 @@ def test_repro_runs_every_stage_and_writes_every_output(pipeline_repo):
     # under DVC each family logs exactly one line per epoch, no progress bars
     epoch_lines = re.findall(r"^epoch \d+/\d+ - .*loss.*val_accuracy", result.stdout, re.M)
     epochs_run = sum(json.loads((repo / f"reports/train/{f}.json").read_text())["epochs_run"]
-                     for f in FAMILIES)
+                     for f in NETWORKS)
     assert len(epoch_lines) == epochs_run == 6
     assert "Epoch 1/" not in result.stdout and "\r" not in result.stdout
     assert "ms/step" not in result.stdout
@@ -123,6 +126,7 @@ def test_touching_tensorflow_setup_leaves_the_data_stages_up_to_date(reproduced_
     setup.write_text(setup.read_text() + "\n# touched\n")
     status = run_cmd(["dvc", "status"], repo, env).stdout
     changed = set(re.findall(r"^(\w+):", status, re.M))
+    # the tree families don't load TensorFlow: they stay up to date too
     assert changed == {"train_softmax", "train_mlp", "train_lstm", "evaluate", "publish"}, status
 
 
@@ -159,9 +163,13 @@ def test_audio_features_retrain_every_family_and_nothing_before(reproduced_repo,
     assert _saved_features(repo / "models/mlp.keras") == FEATURES  # the default: all 15
     result = run_cmd(["dvc", "exp", "run", "-S", "features=audio"], repo, env)
     assert sorted(_ran(result)) == sorted(
-        ["train_softmax", "train_mlp", "train_lstm", "evaluate", "publish"]), result.stdout
-    for name in (*FAMILIES, "genre-classifier"):
+        [*(f"train_{f}" for f in FAMILIES), "evaluate", "publish"]), result.stdout
+    for name in (*NETWORKS, "genre-classifier"):
         assert _saved_features(repo / f"models/{name}.keras") == AUDIO_FEATURES, name
+    from stages import trees
+
+    for name in TREES:
+        assert trees.load(repo / f"models/{name}.npz")[2] == AUDIO_FEATURES, name
     report = json.loads((repo / "reports/evaluate.json").read_text())
     assert {f: report["families"][f]["features"] for f in FAMILIES} == dict.fromkeys(FAMILIES, 13)
     assert json.loads((repo / "reports/published.json").read_text())["features"] == AUDIO_FEATURES

@@ -60,3 +60,9 @@ def test_push_clone_pull_artifacts_get_and_predict(reproduced_repo, tmp_path):
     table = pd.read_csv(fetched.parent / "predictions.csv")
     assert len(table) == len(tracks) and "genre_1" in table, predicted.stderr
     assert set(table["genre_1"]) <= {"acoustic", "blues", "chill", "dance"}
+    # a tree family travels the same way, as plain arrays
+    forest = fetched.parent / "forest.npz"
+    run_cmd(["dvc", "get", str(repo), "models/forest.npz", "-o", str(forest)], fetched.parent)
+    run_cmd(["python", "-m", "stages.predict", str(forest), str(fetched.parent / "my_tracks.csv"),
+             "-o", str(fetched.parent / "forest.csv")], clone)
+    assert len(pd.read_csv(fetched.parent / "forest.csv")) == len(tracks)

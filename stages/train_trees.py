@@ -1,0 +1,73 @@
+"""Stages train_forest / train_boosting: ``python -m stages.train_trees FAMILY``.
+
+The tree families, trained on exactly the rows and features the networks get
+(data/labeled/{train,val}.parquet, param `features`), with the settings in their
+params.yaml section, tuned on the validation split like the networks. Writes
+models/FAMILY.npz (plain arrays, class and feature lists inside: loading it runs
+no code from the file) and reports/train/FAMILY.json (validation accuracy, trees,
+wall time). No TensorFlow here, so editing its set-up does not retrain the trees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+from stages.common import (
+    FEATURE_SETS,
+    REPORTS_DIR,
+    cli,
+    label_indices,
+    read_classes,
+    read_labeled,
+    write_json,
+)
+from stages.model_files import family_file
+from stages.params import TREES, load_feature_set, load_section
+
+
+def train(family: str, params, train_frame, val_frame, classes: list[str],
+          features: list[str], n_jobs: int = 2):
+    """Fit the family on the training split; return (predictor, summary dict)."""
+    from stages import trees  # noqa: PLC0415
+
+    x_train = train_frame[features].to_numpy("float32")
+    x_val = val_frame[features].to_numpy("float32")
+    y_train, y_val = label_indices(train_frame, classes), label_indices(val_frame, classes)
+    started = time.perf_counter()
+    model = trees.fit(family, params, x_train, y_train, x_val, y_val, len(classes), n_jobs)
+    seconds = time.perf_counter() - started
+    val_proba = model.predict_proba(x_val)
+    summary = {
+        "family": family,
+        "classes": len(classes),
+        "features": list(features),
+        "val_accuracy": round(float((val_proba.argmax(axis=1) == y_val).mean()), 5),
+        "trees": int(model.n_trees),
+        "train_seconds": round(seconds, 1),
+    }
+    return model, summary
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    from stages import trees  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("family", choices=TREES)
+    args = parser.parse_args(argv)
+    params = load_section(args.family)
+    features = FEATURE_SETS[load_feature_set()]
+    classes = read_classes()
+    model, summary = train(args.family, params, read_labeled("train"), read_labeled("val"),
+                           classes, features)
+    write_json(REPORTS_DIR / "train" / f"{args.family}.json", summary)
+    trees.save(model, family_file(args.family), classes, features)
+    print(f"train {args.family} ({len(features)} features): "
+          f"val accuracy {summary['val_accuracy']:.4f}, {summary['trees']} trees, "
+          f"{summary['train_seconds']} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,507 @@
+"""Tree-model families: a random forest and gradient-boosted trees, as pure functions.
+
+``fit`` trains scikit-learn's RandomForestClassifier ("forest") or
+HistGradientBoostingClassifier ("boosting", early stopping on the validation
+split) and converts it to a compact predictor of plain arrays; ``save`` writes
+those arrays, the class list and the feature names as one ``.npz``, and
+``load`` reads it back with ``np.load(allow_pickle=False)`` and checks every
+index before use. A model file from a DVC remote therefore executes no code
+(no pickle, no joblib) and a damaged one fails with a one-line UserError.
+
+Both families share one layout: all trees' nodes concatenated, per node the
+feature (-1 at a leaf), a float32 threshold (go left when x <= threshold), the
+children as offsets from the node, and where a NaN goes. Leaves differ:
+
+* forest: the classes present in each leaf and their (bootstrap-weighted)
+  counts, stored sparsely; a leaf's probabilities are count / total, exactly
+  the fractions scikit-learn keeps, so the forest's probabilities equal the
+  fitted RandomForestClassifier's bit for bit.
+* boosting: one float64 value per leaf; tree t adds to class t % n_classes,
+  on top of a per-class baseline, then softmax (as scikit-learn does).
+
+The trees are walked by scikit-learn's compiled HistGradientBoosting tree walk
+(fed only arrays that passed the checks) or, where that private function is
+missing, by numpy; both reach the same leaves.
+
+Every predictor takes the 15 raw feature values, float32, shape (n, 15), in
+``stages.common.FEATURES`` order, and returns probabilities (n, n_classes).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+from stages.common import UserError, atomic_path
+from stages.params import SECTIONS
+from stages.params import TREES as TREE_FAMILIES
+
+PARAMS = {family: SECTIONS[family] for family in TREE_FAMILIES}  # their param schemas
+FILE_FORMAT = "spotify-genre-trees"
+FORMAT_VERSION = 1
+FOREST_CHUNK = 10  # trees fitted at a time: scikit-learn keeps a dense class vector per node
+PAIRS_PER_BATCH = 1 << 21  # (row, tree) pairs walked at once: bounds predict memory
+BOOSTING_ROWS = 1 << 16  # rows per batch in boosting's compiled walk
+
+
+
+
+# --- the shared node layout ------------------------------------------------------------
+
+NODE_KEYS = ("tree_nodes", "feature", "threshold", "left", "right", "missing_left")
+LEAF_KEYS = {"forest": ("leaf_nnz", "leaf_class", "leaf_count"),
+             "boosting": ("leaf_value", "baseline")}
+
+
+def _floor32(threshold: np.ndarray) -> np.ndarray:
+    """The largest float32 <= each float64 threshold.
+
+    For a float32 input x, ``x <= t`` and ``x <= _floor32(t)`` always agree, so
+    storing thresholds as float32 changes no decision.
+    """
+    threshold = np.asarray(threshold, dtype=np.float64)
+    down = threshold.astype(np.float32)
+    too_high = down.astype(np.float64) > threshold
+    down[too_high] = np.nextafter(down[too_high], np.float32(-np.inf))
+    return down
+
+
+def _small_uint(values: np.ndarray) -> np.ndarray:
+    top = int(values.max()) if values.size else 0
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dtype).max:
+            return values.astype(dtype)
+    return values.astype(np.uint64)
+
+
+def _node_arrays(leaf, feature, threshold, left, right, missing_left) -> dict[str, np.ndarray]:
+    """One tree's nodes in the file layout (children as offsets from their parent)."""
+    nodes = np.arange(len(leaf))
+    return {
+        "feature": np.where(leaf, -1, feature).astype(np.int8),
+        "threshold": np.where(leaf, 0, _floor32(threshold)).astype(np.float32),
+        "left": np.where(leaf, 0, left - nodes).astype(np.int32),
+        "right": np.where(leaf, 0, right - nodes).astype(np.int32),
+        "missing_left": ~leaf & (np.asarray(missing_left) != 0),
+    }
+
+
+def _concat(parts: list[dict[str, np.ndarray]], keys) -> dict[str, np.ndarray]:
+    arrays = {key: np.concatenate([p[key] for p in parts]) for key in keys}
+    arrays["tree_nodes"] = _small_uint(np.array([len(p["feature"]) for p in parts]))
+    return arrays
+
+
+def _compiled_walk():
+    """scikit-learn's compiled walk of one HistGradientBoosting tree, or None.
+
+    A private scikit-learn function (pinned version): called only with node
+    arrays that load() has checked, and only for speed; the numpy walk gives
+    the same leaves (tests compare the two).
+    """
+    try:
+        from sklearn.ensemble._hist_gradient_boosting._predictor import (  # noqa: PLC0415
+            _predict_from_raw_data,
+        )
+        from sklearn.ensemble._hist_gradient_boosting.common import (  # noqa: PLC0415
+            PREDICTOR_RECORD_DTYPE,
+        )
+    except ImportError:
+        return None
+    return _predict_from_raw_data, PREDICTOR_RECORD_DTYPE
+
+
+class _Trees:
+    """Many binary trees in flat arrays, walked by scikit-learn's compiled tree walk
+    (one tree at a time over all rows) or, without it, by numpy over (row, tree) pairs."""
+
+    family = ""
+    # One thread: the compiled walk runs once per tree, and with several threads every
+    # call ends in a barrier that costs more than it saves when the cores are busy.
+    n_threads = 1
+
+    def __init__(self, arrays: dict[str, np.ndarray], n_classes: int, n_features: int,
+                 compiled: bool = True):
+        self.arrays = arrays  # the file layout, kept for save()
+        self.n_classes = n_classes
+        self.n_features = n_features
+        tree_nodes = arrays["tree_nodes"].astype(np.int64)
+        self.n_trees = len(tree_nodes)
+        self.bounds = np.concatenate([[0], np.cumsum(tree_nodes)])  # tree t: bounds[t:t+2]
+        self.is_leaf = arrays["feature"] < 0
+        self.walk = _compiled_walk() if compiled else None
+        self._cache: dict = {}  # walk arrays, built on first use
+
+    def _records(self, leaf_output: np.ndarray):
+        """All nodes as scikit-learn predictor records; a leaf's value is ``leaf_output``."""
+        _, dtype = self.walk
+        a = self.arrays
+        records = np.zeros(len(self.is_leaf), dtype=dtype)
+        local = np.arange(len(self.is_leaf)) - np.repeat(self.bounds[:-1], np.diff(self.bounds))
+        records["feature_idx"] = np.maximum(a["feature"], 0)
+        records["num_threshold"] = a["threshold"]
+        records["missing_go_to_left"] = a["missing_left"]
+        records["left"] = np.where(self.is_leaf, 0, local + a["left"])  # numbered within the tree
+        records["right"] = np.where(self.is_leaf, 0, local + a["right"])
+        records["is_leaf"] = self.is_leaf
+        records["value"][self.is_leaf] = leaf_output
+        return records
+
+    def _tree_outputs(self, records, x: np.ndarray):
+        """Yield (tree number, leaf output for every row), trees in order."""
+        walk, _ = self.walk
+        x64 = np.ascontiguousarray(x, dtype=np.float64)  # exact: every float32 is a float64
+        no_bitsets = np.zeros((0, 8), dtype=np.uint32)
+        feature_map = np.zeros(self.n_features, dtype=np.uint32)
+        out = np.empty(len(x), dtype=np.float64)
+        for t in range(self.n_trees):
+            walk(records[self.bounds[t] : self.bounds[t + 1]], x64, no_bitsets, no_bitsets,
+                 feature_map, self.n_threads, out)
+            yield t, out
+
+    def _leaves(self, x: np.ndarray) -> np.ndarray:
+        """Leaf number reached by every (row, tree) pair, row-major (row 0's trees first)."""
+        if self.walk is not None:
+            if "leaf_records" not in self._cache:
+                self._cache["leaf_records"] = self._records(np.arange(int(self.is_leaf.sum())))
+            leaves = np.empty((self.n_trees, len(x)), dtype=np.int64)
+            for t, out in self._tree_outputs(self._cache["leaf_records"], x):
+                leaves[t] = out  # leaf numbers, exact in float64
+            return leaves.T.ravel()
+        if "numpy" not in self._cache:
+            a = self.arrays
+            nodes = np.arange(len(self.is_leaf))
+            self._cache["numpy"] = (  # global child numbers; a leaf points at itself
+                np.maximum(a["feature"], 0).astype(np.int64),
+                nodes + np.where(self.is_leaf, 0, a["left"]),
+                nodes + np.where(self.is_leaf, 0, a["right"]),
+                np.cumsum(self.is_leaf) - 1)  # node -> leaf number, at leaves
+        feature, left, right, leaf_index = self._cache["numpy"]
+        threshold, missing_left = self.arrays["threshold"], self.arrays["missing_left"]
+        node = np.tile(self.bounds[:-1], len(x))
+        row = np.repeat(np.arange(len(x)), self.n_trees)
+        flat_x = x.ravel()
+        active = np.flatnonzero(~self.is_leaf[node])
+        while active.size:
+            at = node[active]
+            value = flat_x[row[active] * x.shape[1] + feature[at]]
+            go_left = (value <= threshold[at]) | (np.isnan(value) & missing_left[at])
+            at = np.where(go_left, left[at], right[at])
+            node[active] = at
+            active = active[~self.is_leaf[at]]
+        return leaf_index[node]
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities, (n, n_classes) float64, for float32 features (n, n_features)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            raise ValueError(f"expected features of shape (n, {self.n_features}), got {x.shape}")
+        out = np.empty((len(x), self.n_classes), dtype=np.float64)
+        rows = self._batch_rows()
+        for begin in range(0, len(x), rows):
+            batch = x[begin : begin + rows]
+            out[begin : begin + len(batch)] = self._predict_batch(batch)
+        return out
+
+    def _batch_rows(self) -> int:
+        return max(1, PAIRS_PER_BATCH // self.n_trees)  # memory grows with (row, tree) pairs
+
+    def _predict_batch(self, x: np.ndarray) -> np.ndarray:
+        return self._proba(self._leaves(x), len(x))
+
+
+class Forest(_Trees):
+    """Random forest: the mean over trees of each leaf's class fractions."""
+
+    family = "forest"
+
+    def __init__(self, arrays, n_classes, n_features, compiled=True):
+        super().__init__(arrays, n_classes, n_features, compiled)
+        nnz = arrays["leaf_nnz"].astype(np.int64)
+        self.leaf_start = np.concatenate([[0], np.cumsum(nnz)])
+        counts = arrays["leaf_count"].astype(np.float64)
+        totals = np.add.reduceat(counts, self.leaf_start[:-1])
+        self.leaf_value = counts / np.repeat(totals, nnz)  # as scikit-learn computes them
+        self.leaf_class = arrays["leaf_class"]
+
+    def _proba(self, leaf: np.ndarray, n_rows: int) -> np.ndarray:
+        first = self.leaf_start[leaf]
+        nnz = self.leaf_start[leaf + 1] - first
+        # one entry per (row, tree, class present in the leaf)
+        pair = np.repeat(np.arange(len(leaf)), nnz)
+        entry = first[pair] + np.arange(len(pair)) - np.repeat(np.cumsum(nnz) - nnz, nnz)
+        cell = (pair // self.n_trees) * self.n_classes + self.leaf_class[entry]
+        # bincount adds in input order, so each cell sums tree 0, 1, 2...: scikit-learn's order
+        sums = np.bincount(cell, weights=self.leaf_value[entry], minlength=n_rows * self.n_classes)
+        return sums.reshape(n_rows, self.n_classes) / self.n_trees
+
+
+class Boosting(_Trees):
+    """Gradient boosting: baseline + the trees' leaf values per class, then softmax."""
+
+    family = "boosting"
+
+    def __init__(self, arrays, n_classes, n_features, compiled=True):
+        super().__init__(arrays, n_classes, n_features, compiled)
+        self.leaf_value = arrays["leaf_value"]
+        self.baseline = arrays["baseline"]
+        self.rounds = self.n_trees // n_classes
+
+    def _batch_rows(self) -> int:
+        if self.walk is None:
+            return super()._batch_rows()
+        return BOOSTING_ROWS  # the compiled walk keeps only (rows, classes) raw scores
+
+    def _predict_batch(self, x: np.ndarray) -> np.ndarray:
+        if self.walk is None:
+            return super()._predict_batch(x)
+        if "value_records" not in self._cache:
+            self._cache["value_records"] = self._records(self.leaf_value)
+        # column-major, as in scikit-learn: each tree adds to one contiguous column
+        raw = np.zeros((len(x), self.n_classes), order="F") + self.baseline
+        for t, out in self._tree_outputs(self._cache["value_records"], x):
+            raw[:, t % self.n_classes] += out  # scikit-learn's order of additions
+        return _softmax(raw)
+
+    def _proba(self, leaf: np.ndarray, n_rows: int) -> np.ndarray:
+        tree_class = np.tile(np.arange(self.n_trees) % self.n_classes, n_rows)
+        cell = np.repeat(np.arange(n_rows), self.n_trees) * self.n_classes + tree_class
+        # baseline first, then the trees in order: the order scikit-learn adds them in
+        start = np.arange(n_rows * self.n_classes)
+        raw = np.bincount(np.concatenate([start, cell]),
+                          weights=np.concatenate([np.tile(self.baseline, n_rows),
+                                                  self.leaf_value[leaf]]),
+                          minlength=n_rows * self.n_classes).reshape(n_rows, self.n_classes)
+        return _softmax(raw)
+
+
+def _softmax(raw: np.ndarray) -> np.ndarray:
+    raw -= raw.max(axis=1, keepdims=True)  # sklearn.utils.extmath.softmax's steps
+    np.exp(raw, out=raw)
+    raw /= raw.sum(axis=1, keepdims=True)
+    return raw
+
+
+# --- fitting -------------------------------------------------------------------------------
+
+
+def _forest_tree(tree, class_codes: np.ndarray) -> dict[str, np.ndarray]:
+    t = tree.tree_
+    leaf = t.children_left < 0
+    arrays = _node_arrays(leaf, t.feature, t.threshold, t.children_left, t.children_right,
+                          t.missing_go_to_left)
+    value = t.value[leaf, 0, :]  # fractions count/total of the leaf's bootstrap-weighted rows
+    counts = np.rint(value * t.weighted_n_node_samples[leaf, None])
+    which, column = np.nonzero(counts)
+    arrays["leaf_nnz"] = np.bincount(which, minlength=int(leaf.sum()))
+    arrays["leaf_class"] = class_codes[column]
+    arrays["leaf_count"] = counts[which, column]
+    return arrays
+
+
+def fit_forest(params: ForestParams, x_train, y_train, n_classes: int, n_jobs: int = 2) -> Forest:
+    """Fit a RandomForestClassifier FOREST_CHUNK trees at a time, into a compact Forest.
+
+    warm_start grows one forest chunk by chunk and draws the same per-tree seeds
+    as a single fit, so the trees equal ``RandomForestClassifier(n_estimators,
+    random_state=seed)``'s. Each chunk is converted, then dropped (warm_start
+    only counts the estimators): scikit-learn's dense per-node class vectors
+    take ~50 MB per full-depth tree over 114 classes.
+    """
+    from sklearn.ensemble import RandomForestClassifier  # noqa: PLC0415
+
+    forest = RandomForestClassifier(
+        n_estimators=0, max_features=params.max_features,
+        min_samples_leaf=params.min_samples_leaf, random_state=params.seed, n_jobs=n_jobs,
+        warm_start=True)
+    parts = []
+    while len(parts) < params.n_estimators:
+        forest.n_estimators = min(len(parts) + FOREST_CHUNK, params.n_estimators)
+        forest.fit(x_train, y_train)
+        codes = np.asarray(forest.classes_, dtype=np.int64)
+        for i in range(len(parts), forest.n_estimators):
+            parts.append(_forest_tree(forest.estimators_[i], codes))
+            forest.estimators_[i] = None
+    arrays = _concat(parts, NODE_KEYS[1:] + LEAF_KEYS["forest"])
+    for key in LEAF_KEYS["forest"]:
+        arrays[key] = _small_uint(arrays[key])
+    return Forest(arrays, n_classes, x_train.shape[1])
+
+
+def fit_boosting(params: BoostingParams, x_train, y_train, x_val, y_val, n_classes: int,
+                 n_jobs: int = 2) -> Boosting:
+    """Fit HistGradientBoostingClassifier; keep the rounds up to the best validation loss."""
+    from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: PLC0415
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+
+    if n_classes < 3:  # scikit-learn fits one logistic tree per round for two classes
+        raise UserError(f"boosting needs at least 3 classes, got {n_classes}")
+    if len(np.unique(y_train)) != n_classes:
+        # one raw score per class seen in training: a class it never saw has no trees
+        raise UserError(f"boosting needs training rows of all {n_classes} classes, "
+                        f"got {len(np.unique(y_train))}")
+    model = HistGradientBoostingClassifier(
+        learning_rate=params.learning_rate, max_iter=params.max_rounds,
+        max_leaf_nodes=params.max_leaf_nodes, min_samples_leaf=params.min_samples_leaf,
+        l2_regularization=params.l2_regularization, early_stopping=True, scoring="loss",
+        n_iter_no_change=params.patience, random_state=params.seed)
+    with threadpool_limits(n_jobs, user_api="openmp"):
+        model.fit(x_train, y_train, X_val=x_val, y_val=y_val)
+    # validation_score_[i] is minus the loss after i rounds (0: the baseline alone)
+    rounds = max(1, int(np.argmax(model.validation_score_)))
+    predictors = [p for iteration in model._predictors[:rounds] for p in iteration]
+    parts = []
+    for predictor in predictors:
+        nodes = predictor.nodes
+        if nodes["is_categorical"].any():
+            raise ValueError("categorical splits are not supported")
+        leaf = nodes["is_leaf"].astype(bool)
+        part = _node_arrays(leaf, nodes["feature_idx"], nodes["num_threshold"],
+                            nodes["left"].astype(np.int64), nodes["right"].astype(np.int64),
+                            nodes["missing_go_to_left"])
+        part["leaf_value"] = nodes["value"][leaf].astype(np.float64)
+        parts.append(part)
+    arrays = _concat(parts, NODE_KEYS[1:] + ("leaf_value",))
+    arrays["baseline"] = np.asarray(model._baseline_prediction, dtype=np.float64).ravel()
+    return Boosting(arrays, n_classes, x_train.shape[1])
+
+
+def fit(family: str, params, x_train, y_train, x_val, y_val, n_classes: int, n_jobs: int = 2):
+    """Fit one family; return its predictor (``predict_proba(x) -> (n, n_classes)``).
+
+    Labels are class indices 0..n_classes-1. The forest ignores the validation
+    split (tune its params on it instead); boosting stops early on its loss.
+    """
+    x_train = np.ascontiguousarray(x_train, dtype=np.float32)
+    y_train = np.asarray(y_train, dtype=np.int64)
+    if x_train.ndim != 2 or not 1 <= x_train.shape[1] <= 127:  # features are stored as int8
+        raise ValueError(f"expected features of shape (n, 1..127), got {x_train.shape}")
+    if y_train.size and (y_train.min() < 0 or y_train.max() >= n_classes):
+        raise UserError(f"labels must be class indices 0..{n_classes - 1}")
+    if family == "forest":
+        return fit_forest(params, x_train, y_train, n_classes, n_jobs)
+    if family == "boosting":
+        if x_val is None or y_val is None:
+            raise ValueError("boosting needs the validation split (early stopping)")
+        return fit_boosting(params, x_train, y_train, np.asarray(x_val, dtype=np.float32),
+                            np.asarray(y_val, dtype=np.int64), n_classes, n_jobs)
+    raise UserError(f"unknown tree family {family!r}: {', '.join(TREE_FAMILIES)}")
+
+
+# --- files --------------------------------------------------------------------------------
+
+
+def save(model: _Trees, path: str | Path, classes: list[str], features: list[str]) -> None:
+    """Write the model, its class list and feature names as one .npz, atomically."""
+    if len(classes) != model.n_classes:
+        raise ValueError(f"{len(classes)} class names for a model of {model.n_classes} classes")
+    if len(features) != model.n_features:
+        raise ValueError(f"{len(features)} feature names for a model of {model.n_features} inputs")
+    arrays = {
+        "format": np.array(FILE_FORMAT), "version": np.array(FORMAT_VERSION),
+        "family": np.array(model.family),
+        "classes": np.array(list(classes), dtype=str),
+        "features": np.array(list(features), dtype=str),
+        **model.arrays,
+    }
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as handle:  # a file object: np.savez would append '.npz' to a name
+            np.savez_compressed(handle, **arrays)
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _scalar(arrays: dict, key: str, kind: str):
+    value = arrays.get(key)
+    if value is None or value.shape != () or value.dtype.kind not in kind:
+        raise _Invalid(f"no {key!r} entry")
+    return value.item()
+
+
+def _names(arrays: dict, key: str) -> list[str]:
+    value = arrays.get(key)
+    if value is None or value.ndim != 1 or value.dtype.kind != "U" or value.size == 0:
+        raise _Invalid(f"no {key!r} list")
+    return [str(v) for v in value]
+
+
+def _check(arrays: dict, family: str, n_classes: int, n_features: int) -> dict:
+    """Every size and index in range, so a damaged file fails here, not inside predict."""
+    keys = NODE_KEYS + LEAF_KEYS[family]
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise _Invalid(f"missing {', '.join(missing)}")
+    kinds = {"threshold": "f", "missing_left": "b", "leaf_value": "f", "baseline": "f"}
+    for key in keys:
+        if arrays[key].ndim != 1 or arrays[key].dtype.kind not in kinds.get(key, "iu"):
+            raise _Invalid(f"{key}: {arrays[key].dtype} array of shape {arrays[key].shape}")
+    tree_nodes = arrays["tree_nodes"].astype(np.int64)
+    n_nodes = len(arrays["feature"])
+    if tree_nodes.size == 0 or tree_nodes.min() < 1 or tree_nodes.sum() != n_nodes:
+        raise _Invalid("tree sizes do not add up")
+    if any(len(arrays[k]) != n_nodes for k in NODE_KEYS[2:]):
+        raise _Invalid("node arrays differ in length")
+    feature = arrays["feature"].astype(np.int64)
+    if feature.min() < -1 or feature.max() >= n_features:
+        raise _Invalid("feature index out of range")
+    if np.isnan(arrays["threshold"]).any():
+        raise _Invalid("NaN threshold")
+    leaf = feature < 0
+    tree = np.repeat(np.arange(len(tree_nodes)), tree_nodes)
+    local = np.arange(n_nodes) - np.concatenate([[0], np.cumsum(tree_nodes)[:-1]])[tree]
+    for side in ("left", "right"):
+        child = local + arrays[side].astype(np.int64)
+        # children after their parent: no cycles, so every walk ends at a leaf
+        if np.any(~leaf & ((child <= local) | (child >= tree_nodes[tree]))):
+            raise _Invalid(f"{side} child out of range")
+    n_leaves = int(leaf.sum())
+    if family == "forest":
+        nnz = arrays["leaf_nnz"].astype(np.int64)
+        if len(nnz) != n_leaves or nnz.min() < 1 or nnz.sum() != len(arrays["leaf_class"]):
+            raise _Invalid("leaf arrays do not add up")
+        if len(arrays["leaf_count"]) != len(arrays["leaf_class"]):
+            raise _Invalid("leaf arrays differ in length")
+        if arrays["leaf_class"].max() >= n_classes or arrays["leaf_count"].min() <= 0:
+            raise _Invalid("leaf class or count out of range")
+    else:
+        if len(arrays["leaf_value"]) != n_leaves or len(arrays["baseline"]) != n_classes:
+            raise _Invalid("leaf values or baseline do not match the trees and classes")
+        if len(tree_nodes) % n_classes:
+            raise _Invalid(f"{len(tree_nodes)} trees is not a whole number of rounds")
+        if not (np.isfinite(arrays["leaf_value"]).all() and np.isfinite(arrays["baseline"]).all()):
+            raise _Invalid("non-finite leaf values")
+    return {k: arrays[k] for k in keys}
+
+
+FAMILY_CLASSES = {"forest": Forest, "boosting": Boosting}
+
+
+def load(path: str | Path):
+    """Read a saved model: (predictor, classes, features); UserError when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: model file not found (train it: dvc repro)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not hasattr(archive, "files"):
+                raise _Invalid("a single .npy array, not an .npz archive")
+            arrays = {name: archive[name] for name in archive.files}
+        if _scalar(arrays, "format", "U") != FILE_FORMAT:
+            raise _Invalid("not written by stages.trees")
+        version = _scalar(arrays, "version", "iu")
+        if version != FORMAT_VERSION:
+            raise _Invalid(f"format version {version}, this code reads {FORMAT_VERSION}")
+        family = _scalar(arrays, "family", "U")
+        if family not in FAMILY_CLASSES:
+            raise _Invalid(f"unknown family {family!r}")
+        classes, features = _names(arrays, "classes"), _names(arrays, "features")
+        checked = _check(arrays, family, len(classes), len(features))
+    except (_Invalid, ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise UserError(f"{path}: not a tree model saved by this project ({reason})") from None
+    return FAMILY_CLASSES[family](checked, len(classes), len(features)), classes, features
