@@ -95,8 +95,8 @@ class BoostingParams(Section):
 
     learning_rate: float = Field(0.1, gt=0, le=1)
     max_leaf_nodes: int = Field(63, ge=2)
-    min_samples_leaf: int = Field(20, ge=1)
-    l2_regularization: float = Field(5.0, ge=0)  # without it rare classes' leaves blow up
+    min_samples_leaf: int = Field(40, ge=1)
+    l2_regularization: float = Field(10.0, ge=0)  # without it rare classes' leaves blow up
     max_rounds: int = Field(300, ge=1)  # upper bound; early stopping usually ends sooner
     patience: int = Field(10, ge=1)  # rounds without a better validation loss before stopping
     seed: int = Field(42, ge=0)

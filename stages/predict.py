@@ -33,6 +33,7 @@ from stages.common import (
     AUDIO_FEATURES,
     FEATURES,
     ID_COLUMN,
+    MODELS_DIR,
     PUBLISHED_MODEL,
     PUBLISHED_NAME,
     UserError,
@@ -42,6 +43,9 @@ from stages.common import (
 from stages.model_files import family_file
 from stages.params import FAMILIES
 
+# the MLP on the 13 audio features, trained by stage train_audio whatever `features` says
+AUDIO_NAME = "genre-classifier-audio"
+AUDIO_MODEL = MODELS_DIR / f"{AUDIO_NAME}.keras"
 MAX_REPORTED_ROWS = 20
 JSON_ID_FIELD = "id"  # the API's track id, written out as track_id
 # Track data, not audio descriptors: the audio-features API never returns them.
@@ -51,7 +55,7 @@ NOT_FROM_THE_API = [f for f in FEATURES if f not in AUDIO_FEATURES]
 def model_path(name: str) -> Path:
     if name in FAMILIES:
         return family_file(name)
-    return PUBLISHED_MODEL if name == PUBLISHED_NAME else Path(name)
+    return {PUBLISHED_NAME: PUBLISHED_MODEL, AUDIO_NAME: AUDIO_MODEL}.get(name, Path(name))
 
 
 @dataclass
@@ -77,9 +81,10 @@ def missing_features_error(path: Path, noun: str, missing: list[str],
     message = f"{path}: missing feature {noun}(s) {', '.join(missing)}"
     # The usual case: audio features from the API fed to a model of all 15.
     if set(features) == set(FEATURES) and set(missing) <= set(NOT_FROM_THE_API):
-        message += (f": this model takes all {len(FEATURES)} features; a model trained with "
-                    f"features=audio needs only the {len(AUDIO_FEATURES)} audio features "
-                    "(dvc exp run -S features=audio)")
+        message += (f": this model takes all {len(FEATURES)} features; the {AUDIO_NAME} model "
+                    f"needs only the {len(AUDIO_FEATURES)} audio features (python -m "
+                    f"stages.predict {AUDIO_NAME} FILE, or every family: "
+                    "dvc exp run -S features=audio)")
     return UserError(message)
 
 
@@ -270,7 +275,8 @@ def predict_file(model_name: str, input_path: Path, k: int) -> tuple[pd.DataFram
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m stages.predict", description="Label tracks with a trained model.")
-    parser.add_argument("model", help="softmax | mlp | lstm | forest | boosting | genre-classifier, "
+    parser.add_argument("model", help="softmax | mlp | lstm | forest | boosting | genre-classifier | "
+                        "genre-classifier-audio, "
                         "or a path to a model file (.keras, or .npz for a tree family)")
     parser.add_argument("input", type=Path, help="CSV with the model's feature columns, "
                         "or the JSON of Spotify's audio-features API")

@@ -1,4 +1,8 @@
-"""Stages train_softmax / train_mlp / train_lstm: ``python -m stages.train FAMILY``.
+"""Stages train_softmax / train_mlp / train_lstm / train_audio: ``python -m stages.train FAMILY``.
+
+(train_audio is ``python -m stages.train mlp --features audio --name genre-classifier-audio``:
+the MLP on the 13 features Spotify's audio-features API returns, published beside the
+main model whatever param `features` says.)
 
 Reads data/labeled/{train,val}.parquet and classes.json, trains the family's
 model on the feature set named by param ``features`` with the settings in its
@@ -113,19 +117,24 @@ def train(family: str, params, train_frame, val_frame, classes,
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("family", choices=NETWORKS)
+    parser.add_argument("--features", choices=FEATURE_SETS,
+                        help="train on this feature set instead of param `features`")
+    parser.add_argument("--name", help="save as models/NAME.keras (default: the family), "
+                        "with its curve and report under the same name")
     args = parser.parse_args(argv)
     params = load_section(args.family)  # validate before any heavy import
-    features = FEATURE_SETS[load_feature_set()]
+    features = FEATURE_SETS[args.features or load_feature_set()]
+    name = args.name or args.family
     quiet_tensorflow()
     classes = read_classes()
     train_frame, val_frame = read_labeled("train"), read_labeled("val")
     model, history, summary = train(args.family, params, train_frame, val_frame, classes,
                                     features=features)
     # each file is written atomically, and only after training has finished
-    write_csv(PLOTS_DIR / "train" / f"{args.family}.csv", learning_curves(history))
-    write_json(REPORTS_DIR / "train" / f"{args.family}.json", summary)
-    save_model(model, MODELS_DIR / f"{args.family}.keras", classes, features)
-    print(f"train {args.family} ({len(features)} features): "
+    write_csv(PLOTS_DIR / "train" / f"{name}.csv", learning_curves(history))
+    write_json(REPORTS_DIR / "train" / f"{name}.json", summary)
+    save_model(model, MODELS_DIR / f"{name}.keras", classes, features)
+    print(f"train {name} ({args.family}, {len(features)} features): "
           f"val accuracy {summary['val_accuracy']:.4f}, "
           f"{summary['epochs_run']} epochs, {summary['train_seconds']} s, "
           f"{summary['parameters']} parameters")

@@ -104,8 +104,9 @@ def test_class_list_travels_with_the_model(model_file, input_rows, tmp_path):
 
 # --- models of the 13 audio features, and the audio-features API's JSON --------------
 
-AUDIO_HINT = ("this model takes all 15 features; a model trained with features=audio needs only "
-              "the 13 audio features (dvc exp run -S features=audio)")
+AUDIO_HINT = ("this model takes all 15 features; the genre-classifier-audio model needs only "
+              "the 13 audio features (python -m stages.predict genre-classifier-audio FILE, "
+              "or every family: dvc exp run -S features=audio)")
 
 
 @pytest.fixture(scope="module")

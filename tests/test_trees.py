@@ -17,7 +17,8 @@ GENRES = ("acoustic", "blues", "chill", "dance", "edm", "folk")
 # Small and fast; 12 trees cross the forest's 10-tree fitting chunks.
 TINY = {
     "forest": {"n_estimators": 12, "min_samples_leaf": 1},
-    "boosting": {"max_leaf_nodes": 7, "min_samples_leaf": 5, "max_rounds": 30, "patience": 5},
+    "boosting": {"max_leaf_nodes": 7, "min_samples_leaf": 5, "l2_regularization": 5.0,
+                 "max_rounds": 30, "patience": 5},
 }
 
 
