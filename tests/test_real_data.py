@@ -84,7 +84,8 @@ def test_whole_pipeline_on_real_data_with_few_epochs(tmp_path):
     """The CI smoke: every stage on the real data, short training (a few minutes)."""
     repo = copy_repo(tmp_path / "repo")
     env = {"SPOTIFY_TRACKS_URL": real_data_url()}
-    quick = ["-S", "softmax.epochs=3", "-S", "mlp.epochs=3", "-S", "lstm.epochs=2"]
+    quick = ["-S", "softmax.epochs=3", "-S", "mlp.epochs=3", "-S", "lstm.epochs=2",
+             "-S", "forest.n_estimators=10", "-S", "boosting.max_rounds=3"]
     run_cmd(["dvc", "exp", "run", *quick], repo, env, timeout=1200)
     data = json.loads((repo / "reports/data.json").read_text())
     assert data["cleaning"]["rows_clean"] == 113_549
@@ -99,15 +100,16 @@ def test_whole_pipeline_on_real_data_with_few_epochs(tmp_path):
                  "models/genre-classifier.keras", "reports/published.json"):
         assert (repo / path).is_file(), path
     for family in ("softmax", "mlp", "lstm"):
-        assert (repo / f"reports/train/{family}.json").is_file()
         assert (repo / f"plots/train/{family}.csv").is_file()
         assert (repo / f"models/{family}.keras").is_file()
+    for family in ("softmax", "mlp", "lstm", "forest", "boosting", "genre-classifier-audio"):
+        assert (repo / f"reports/train/{family}.json").is_file()
     report = json.loads((repo / "reports/evaluate.json").read_text())
     assert report["test_set"]["classes"] == 114
     assert report["test_set"]["rows"] == data["splits"]["test"]["rows"]
     assert report["test_set"]["seen_in_train_share"] == 0.0  # the recording split's point
     metrics = json.loads((repo / "metrics/test.json").read_text())
-    for family in ("softmax", "mlp", "lstm"):
+    for family in ("softmax", "mlp", "lstm", "forest", "boosting"):
         assert metrics[family]["accuracy"] > 0.10  # chance is about 1/114
     assert metrics["chance"] < 0.02
     assert len(pd.read_csv(repo / "plots/top_confusions.csv")) == 20
