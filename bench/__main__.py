@@ -133,7 +133,7 @@ def markdown(results: dict, command: str) -> str:
         metrics = result["metrics"]
         out += [f"## {config} ({result['rows_clean']} clean rows, overrides "
                 f"{result['overrides'] or 'none'})", "",
-                f"| family | accuracy | top-5 | macro-F1 | train stage wall s |", "|---|---|---|---|---|"]
+                "| family | accuracy | top-5 | macro-F1 | train stage wall s |", "|---|---|---|---|---|"]
         for family in _families(result):
             m = metrics[family]
             out.append(f"| {family} | {m['accuracy']:.4f} | {m['top5']:.4f} | {m['macro_f1']:.4f} "

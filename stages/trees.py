@@ -33,10 +33,9 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field
 
 from stages.common import UserError, atomic_path
-from stages.params import SECTIONS
+from stages.params import SECTIONS, BoostingParams, ForestParams
 from stages.params import TREES as TREE_FAMILIES
 
 PARAMS = {family: SECTIONS[family] for family in TREE_FAMILIES}  # their param schemas

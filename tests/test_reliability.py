@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_TRAINING, clone_repo, commit_all, run_cmd, set_params
+from tests.conftest import TINY_TRAINING, clone_repo, run_cmd, set_params
 
 pytestmark = pytest.mark.slow
 
