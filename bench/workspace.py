@@ -17,12 +17,19 @@ GIT = ["git", "-c", "user.name=spotify-genre", "-c", "user.email=bench@example.i
 
 
 def run(args: list[str], cwd: Path, env_extra: dict | None = None,
-        timeout: float = 3600) -> subprocess.CompletedProcess:
-    """Run a command with this interpreter's bin dir first on PATH (dvc, python)."""
+        timeout: float = 3600, capture: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with this interpreter's bin dir first on PATH (dvc, python).
+
+    ``capture=False`` for commands that leave a daemon behind (`dvc queue start`): it
+    would inherit the output pipes, and reading them would wait for the daemon to exit.
+    """
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(cwd)
     env.update(env_extra or {})
+    if not capture:
+        return subprocess.run(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=timeout)
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.workspace import run
 from tests.conftest import TINY_TRAINING, clone_repo, run_cmd, set_params
 
 pytestmark = pytest.mark.slow
@@ -112,7 +113,10 @@ def test_queued_experiments_run_two_at_a_time(reproduced_repo, tmp_path):
     repo = clone_repo(source, tmp_path / "repo")
     for setting in ("model=softmax", "model=lstm", "mlp.learning_rate=0.01"):
         run_cmd(["dvc", "exp", "run", "--queue", "-S", setting], repo, env)
-    run_cmd(["dvc", "queue", "start", "-j", "2"], repo, {**env, "SPOTIFY_GENRE_THREADS": "1"})
+    # the queue's worker daemon must not inherit pipes this test would wait on
+    started = run(["dvc", "queue", "start", "-j", "2"], repo,
+                  {**env, "SPOTIFY_GENRE_THREADS": "1"}, timeout=120, capture=False)
+    assert started.returncode == 0
     deadline = time.monotonic() + 600
     while True:
         status = run_cmd(["dvc", "queue", "status"], repo, env).stdout
