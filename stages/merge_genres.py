@@ -1,10 +1,12 @@
 """Stage merge_genres: add the training label (a genre, or a merged genre group) to each split.
 
-With ``merge_genres.enabled: false`` the label is the genre itself (114 classes on
-the real data); with ``true`` the genres listed under a class in
-taxonomies/study.yaml are folded into it (the study's 114 -> 66 merge). The groups
-live in that file, a dependency of this stage, rather than in params.yaml: as
-params they made 200-character cells in `dvc exp show`.
+``merge_genres.strategy`` picks the classes: ``none``, the genre itself (114
+classes on the real data); ``study``, the genres listed under a class in
+taxonomies/study.yaml folded into it (the study's hand-made 114 -> 66 merge);
+``learned``, the same with taxonomies/learned.yaml, which stage taxonomy builds
+from confusions measured without the test split. The groups live in those files
+(dependencies of this stage) rather than in params.yaml: as params they made
+200-character cells in `dvc exp show`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from stages.common import (
 from stages.params import load_section
 
 GROUPS_FILE = Path("taxonomies/study.yaml")
+GROUPS_FILES = {"study": GROUPS_FILE, "learned": Path("taxonomies/learned.yaml")}
 
 
 def read_groups(path: Path = GROUPS_FILE) -> dict[str, list[str]]:
@@ -88,21 +91,24 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--in-dir", type=Path, default=SPLIT_DIR)
     parser.add_argument("--out-dir", type=Path, default=LABELED_DIR)
-    parser.add_argument("--groups", type=Path, default=GROUPS_FILE)
+    parser.add_argument("--groups", type=Path,
+                        help="merge groups file (default: the one merge_genres.strategy names)")
     args = parser.parse_args(argv)
     params = load_section("merge_genres")
-    groups = read_groups(args.groups) if params.enabled else None
+    merging = params.strategy != "none"
+    groups_file = args.groups or GROUPS_FILES.get(params.strategy, GROUPS_FILE)
+    groups = read_groups(groups_file) if merging else None
     splits = {name: read_parquet(args.in_dir / f"{name}.parquet") for name in SPLITS}
     genres = set().union(*(set(f[GENRE_COLUMN]) for f in splits.values()))
     if not genres:
         raise UserError(f"{args.in_dir}: the splits hold no rows")
-    mapping = genre_mapping(groups, genres, args.groups)
+    mapping = genre_mapping(groups, genres, groups_file)
     for name, frame in add_labels(splits, mapping).items():
         write_parquet(args.out_dir / f"{name}.parquet", frame)
     classes = class_list(mapping)
     write_json(args.out_dir / "classes.json", classes)
     print(f"merge_genres: {len(genres)} genres -> {len(classes)} classes "
-          f"({'merged as in ' + str(args.groups) if params.enabled else 'not merged'})")
+          f"({'merged as in ' + str(groups_file) if merging else 'not merged'})")
 
 
 if __name__ == "__main__":

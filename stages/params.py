@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from stages.common import FEATURE_SETS, UserError
 
@@ -38,8 +38,19 @@ class SplitParams(Section):
 
 
 class MergeGenresParams(Section):
-    # true: fold genres as taxonomies/study.yaml lists them (the study's 114 -> 66)
-    enabled: bool = False
+    # none: one class per genre | study: taxonomies/study.yaml (the study's 114 -> 66) |
+    # learned: taxonomies/learned.yaml, built by stage taxonomy from non-test confusions
+    strategy: Literal["none", "study", "learned"] = "none"
+    n_groups: int = Field(66, ge=1)  # classes of the learned taxonomy
+    max_group_size: int = Field(20, ge=1)  # most genres in one learned class
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "enabled" in data:
+            raise ValueError("enabled was replaced by strategy: none | study | learned "
+                             "(enabled: true is strategy: study)")
+        return data
 
 
 PositiveInt = Annotated[int, Field(ge=1)]

@@ -4,7 +4,10 @@ Copies models/<model>.keras to models/genre-classifier.keras (the `genre-classif
 artifact in dvc.yaml) and writes its confusion analysis: the clustered confusion
 heatmap plots/confusion.png, per-genre precision/recall/F1 plots/per_genre.csv and
 the most confused genre pairs plots/top_confusions.csv (the study's
-"interchangeable genres"), plus reports/published.json. Depends on nothing but the
+"interchangeable genres"), test accuracy and macro-F1 against the number of classes
+when its probabilities are summed per class of the learned taxonomy's hierarchy
+(reports/taxonomy.json) and of the study's merge, beside the majority-class share
+(plots/taxonomy/{learned,study}.csv), plus reports/published.json. Depends on nothing but the
 chosen model and the test split, so `dvc exp run -S model=lstm` re-runs only this.
 """
 
@@ -19,18 +22,23 @@ import pandas as pd
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from stages.common import (
+    GENRE_COLUMN,
     MODELS_DIR,
     PLOTS_DIR,
     PUBLISHED_MODEL,
     REPORTS_DIR,
+    UserError,
     atomic_path,
     cli,
     label_indices,
+    read_json,
     read_labeled,
     write_csv,
     write_json,
 )
+from stages.merge_genres import GROUPS_FILES, genre_mapping, read_groups
 from stages.params import load_model_name
+from stages.taxonomy import MERGES_REPORT, accuracy_curves
 
 TOP_CONFUSIONS = 20
 
@@ -132,7 +140,8 @@ def publish(model_name: str, models_dir: Path = MODELS_DIR, plots_dir: Path = PL
     model, classes, features = load_model(source)
     test = read_labeled("test")
     actual = label_indices(test, classes)
-    predicted = predict_proba(model, test[features].to_numpy("float32")).argmax(axis=1)
+    proba = predict_proba(model, test[features].to_numpy("float32"))
+    predicted = proba.argmax(axis=1)
     matrix = confusion_counts(actual, predicted, len(classes))
     scores = per_class_scores(actual, predicted, classes)
     accuracy = float((actual == predicted).mean())
@@ -143,11 +152,21 @@ def publish(model_name: str, models_dir: Path = MODELS_DIR, plots_dir: Path = PL
     plot_confusion(matrix, classes,
                    f"{model_name}: test accuracy {accuracy:.3f}, {len(classes)} classes",
                    plots_dir / "confusion.png")
+    try:
+        study = genre_mapping(read_groups(GROUPS_FILES["study"]), set(test[GENRE_COLUMN]),
+                              GROUPS_FILES["study"])
+    except UserError:  # the study's genres are not all in this data (your own dataset)
+        study = None
+    curves = accuracy_curves(proba, test, classes, read_json(MERGES_REPORT), study)
+    for taxonomy, curve in curves.items():
+        write_csv(plots_dir / "taxonomy" / f"{taxonomy}.csv", curve)
     with atomic_path(published, suffix=".keras") as tmp:
         shutil.copyfile(source, tmp)
     return {"model": model_name, "classes": len(classes), "features": features,
             "test_rows": int(len(test)),
-            "accuracy": round(accuracy, 5), "macro_f1": round(macro_f1, 5)}
+            "accuracy": round(accuracy, 5), "macro_f1": round(macro_f1, 5),
+            "accuracy_by_classes": {name: curve.to_dict(orient="records")
+                                    for name, curve in curves.items()}}
 
 
 @cli

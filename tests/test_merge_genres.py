@@ -67,7 +67,7 @@ def test_main_writes_labels_and_classes(in_tmp_repo, tracks_csv):
     raw.write_bytes(tracks_csv.read_bytes())
     split_stage.main([])
     params = in_tmp_repo / "params.yaml"
-    params.write_text(params.read_text().replace("  enabled: false", "  enabled: true"))
+    params.write_text(params.read_text().replace("  strategy: none", "  strategy: study"))
     groups = in_tmp_repo / "taxonomies" / "study.yaml"
     groups.parent.mkdir()
     groups.write_text((REPO / "taxonomies" / "study.yaml").read_text())

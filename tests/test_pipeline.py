@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 NETWORKS = ("softmax", "mlp", "lstm")
 TREES = ("forest", "boosting")
 FAMILIES = NETWORKS + TREES
-STAGES = ("fetch", "split", "merge_genres", *(f"train_{f}" for f in FAMILIES), "train_audio",
+STAGES = ("fetch", "split", "taxonomy", "merge_genres", *(f"train_{f}" for f in FAMILIES), "train_audio",
           "evaluate", "publish")
 
 
@@ -114,7 +114,7 @@ def test_plots_show_renders_every_chart(pipeline_repo):
     html = (repo / "rendered" / "index.html").read_text()
     for title in ("Learning curves, softmax", "Learning curves, mlp", "Learning curves, lstm",
                   "Per-genre F1 of the published model", "Most confused genre pairs",
-                  "confusion.png"):
+                  "Test accuracy vs number of classes", "confusion.png"):
         assert title in html, title
     # short series names, not file paths
     assert "val_accuracy" in html and "plots/train/mlp/plots" not in html
@@ -180,3 +180,34 @@ def test_audio_features_retrain_every_family_and_nothing_before(reproduced_repo,
     report = json.loads((repo / "reports/evaluate.json").read_text())
     assert {f: report["families"][f]["features"] for f in FAMILIES} == dict.fromkeys(FAMILIES, 13)
     assert json.loads((repo / "reports/published.json").read_text())["features"] == AUDIO_FEATURES
+
+
+def test_learned_taxonomy_drives_the_classes_through_training_and_prediction(reproduced_repo,
+                                                                             tmp_path):
+    source, env, _ = reproduced_repo
+    repo = clone_repo(source, tmp_path / "repo")
+    # 4 synthetic genres; the accuracy-vs-classes curve covers every level down to 1
+    curve = list(csv.DictReader(open(repo / "plots/taxonomy/learned.csv")))
+    assert [int(r["classes"]) for r in curve] == [4, 3, 2, 1]
+    assert float(curve[-1]["accuracy"]) == float(curve[-1]["chance"]) == 1.0
+    result = run_cmd(["dvc", "exp", "run", "-S", "merge_genres.strategy=learned",
+                      "-S", "merge_genres.n_groups=3", "-S", "merge_genres.max_group_size=2"],
+                     repo, env)
+    ran = set(_ran(result))
+    assert {"taxonomy", "merge_genres", "train_mlp", "evaluate", "publish"} <= ran
+    assert not ran & {"fetch", "split"}
+    classes = json.loads((repo / "data/labeled/classes.json").read_text())
+    learned = (repo / "taxonomies/learned.yaml").read_text()
+    merged = [c for c in classes if "/" in c]  # one pair of genres became one class
+    assert len(classes) == 3 and len(merged) == 1 and f'"{merged[0]}":' in learned, learned
+    from stages.model_files import load_model
+
+    assert load_model(repo / "models/genre-classifier.keras")[1] == classes
+    predicted = run_cmd(["python", "-m", "stages.predict", "models/genre-classifier.keras",
+                         "data/raw/tracks.csv", "-k", "1"], repo, env).stdout
+    assert {row["genre_1"] for row in csv.DictReader(io.StringIO(predicted))} <= set(classes)
+    bad = run_cmd(["dvc", "exp", "run", "-S", "merge_genres.strategy=learned",
+                   "-S", "merge_genres.n_groups=9"], repo, env, check=False)
+    assert bad.returncode != 0
+    assert "error: params.yaml: merge_genres.n_groups = 9: more than the 4 genres" in \
+        bad.stdout + bad.stderr
