@@ -190,7 +190,7 @@ def test_learned_taxonomy_drives_the_classes_through_training_and_prediction(rep
     curve = list(csv.DictReader(open(repo / "plots/taxonomy/learned.csv")))
     assert [int(r["classes"]) for r in curve] == [4, 3, 2, 1]
     assert float(curve[-1]["accuracy"]) == float(curve[-1]["chance"]) == 1.0
-    result = run_cmd(["dvc", "exp", "run", "-S", "merge_genres.strategy=learned",
+    result = run_cmd(["dvc", "exp", "run", "-n", "learned-3", "-S", "merge_genres.strategy=learned",
                       "-S", "merge_genres.n_groups=3", "-S", "merge_genres.max_group_size=2"],
                      repo, env)
     ran = set(_ran(result))
@@ -206,6 +206,14 @@ def test_learned_taxonomy_drives_the_classes_through_training_and_prediction(rep
     predicted = run_cmd(["python", "-m", "stages.predict", "models/genre-classifier.keras",
                          "data/raw/tracks.csv", "-k", "1"], repo, env).stdout
     assert {row["genre_1"] for row in csv.DictReader(io.StringIO(predicted))} <= set(classes)
+    # the benchmark's table reads the experiment's own reports: one row per family
+    from bench import table
+
+    rows = table.rows_of("learned-3", table.experiments(repo)["learned-3"], repo)
+    assert [r["family"] for r in rows] == list(FAMILIES)
+    assert {r["classes"] for r in rows} == {"3 (learned ≤2)"}
+    assert all(0 <= r["accuracy"] <= 1 and r["train s"] >= 0 for r in rows)
+    assert "| learned-3 | recording | 3 (learned ≤2) | all | mlp |" in table.markdown(rows)
     bad = run_cmd(["dvc", "exp", "run", "-S", "merge_genres.strategy=learned",
                    "-S", "merge_genres.n_groups=9"], repo, env, check=False)
     assert bad.returncode != 0

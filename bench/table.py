@@ -1,0 +1,103 @@
+"""One table of every family in every experiment: ``python -m bench.table [NAME ...]``.
+
+Reads what each run committed, not a second scoring: for the workspace's HEAD and each
+DVC experiment (git refs under refs/exps, or only the NAMEs given) it takes
+params.yaml, reports/evaluate.json and reports/train/*.json from that revision and
+prints, per family, the split strategy, the classes (merge strategy and count), the
+feature set, test accuracy, top-5, macro-F1, any-genre accuracy and training wall time,
+beside the test set's chance line. Markdown, ready for the README.
+
+Run the experiments first, e.g.
+``dvc exp run -n group-66 -S split.strategy=group -S merge_genres.strategy=study``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+COLUMNS = ("run", "split", "classes", "features", "family", "accuracy", "top-5", "macro-F1",
+           "any-genre", "train s", "chance")
+
+
+def git(*args: str, repo: Path = REPO) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
+                          check=True).stdout
+
+
+def experiments(repo: Path = REPO) -> dict[str, str]:
+    """{experiment name: commit} for every DVC experiment in ``repo``."""
+    refs = git("for-each-ref", "refs/exps", "--format=%(refname) %(objectname)",
+               repo=repo).split()
+    # finished experiments live at refs/exps/<baseline sha, split 2/38>/<name>; the
+    # queue's stash and run refs sit elsewhere under refs/exps
+    return {ref.rsplit("/", 1)[-1]: sha for ref, sha in zip(refs[::2], refs[1::2])
+            if len(ref.split("/")) == 5 and len(ref.split("/")[2]) == 2}
+
+
+def show(rev: str, path: str, repo: Path = REPO) -> str | None:
+    try:
+        return git("show", f"{rev}:{path}", repo=repo)
+    except subprocess.CalledProcessError:
+        return None
+
+
+def rows_of(name: str, rev: str, repo: Path = REPO) -> list[dict]:
+    """One row per family scored at ``rev`` (none if that run has no evaluate report)."""
+    report = show(rev, "reports/evaluate.json", repo)
+    if report is None:
+        return []
+    report = json.loads(report)
+    params = yaml.safe_load(show(rev, "params.yaml", repo))
+    merge = params.get("merge_genres", {})
+    strategy = merge.get("strategy", "study" if merge.get("enabled") else "none")
+    if strategy == "learned":
+        strategy = f"learned ≤{merge.get('max_group_size')}"
+    classes = f"{report['test_set']['classes']} ({strategy})"
+    rows = []
+    for family, scores in report["families"].items():
+        train = show(rev, f"reports/train/{family}.json", repo)
+        seconds = json.loads(train)["train_seconds"] if train else None
+        rows.append({
+            "run": name, "split": params["split"]["strategy"], "classes": classes,
+            "features": params.get("features", "all"), "family": family,
+            "accuracy": scores["accuracy"], "top-5": scores["top5"],
+            "macro-F1": scores["macro_f1"], "any-genre": scores["any_genre_accuracy"],
+            "train s": seconds, "chance": report["test_set"]["chance"],
+        })
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    def cell(value):
+        if value is None:
+            return "-"
+        return f"{value:.4f}" if isinstance(value, float) and value < 1 else str(value)
+
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(row[c]) for c in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="experiments to show (default: all, and HEAD)")
+    args = parser.parse_args(argv)
+    found = experiments()
+    missing = [n for n in args.names if n not in found]
+    if missing:
+        raise SystemExit(f"error: no experiment named {', '.join(missing)} "
+                         f"(have: {', '.join(sorted(found)) or 'none'})")
+    runs = {n: found[n] for n in args.names} if args.names else {"HEAD": "HEAD", **found}
+    rows = [row for name, rev in runs.items() for row in rows_of(name, rev)]
+    rows.sort(key=lambda r: (r["features"], r["split"], r["classes"], r["run"], r["family"]))
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
