@@ -71,6 +71,11 @@ def test_train_stops_on_a_bad_feature_set_with_one_line(tmp_path):
     ("lstm", {"variant": "gru"}, "lstm.variant = 'gru': Input should be"),
     ("fetch", {"url": "x", "sha256": "abc"}, "fetch.sha256 = 'abc': String should match pattern"),
     ("split", [1, 2], "split: must be a mapping"),
+    ("merge_genres", {"strategy": "auto"},
+     "merge_genres.strategy = 'auto': Input should be 'none', 'study' or 'learned'"),
+    ("merge_genres", {"n_groups": 0}, "merge_genres.n_groups = 0: Input should be greater than"),
+    ("merge_genres", {"enabled": True},
+     "merge_genres: enabled was replaced by strategy: none | study | learned"),
 ])
 def test_bad_params_name_path_value_and_rule(section, raw, message):
     with pytest.raises(UserError) as excinfo:
