@@ -47,7 +47,7 @@ PROBE_SPLITS = ("train", "val")  # never test: the taxonomy must not see the row
 PROBE_TREES = 60  # per fold: enough for stable confusion counts, ~1 minute on 2 cores
 PROBE_FOLDS = 3
 PROBE_LEAF = 2
-NAME_MEMBERS = 3  # a merged class is named after its first members
+NAME_MEMBERS = 4  # a merged class is named after its genres, up to this many
 
 
 def usable_params(n_genres: int, params: MergeGenresParams) -> MergeGenresParams:
@@ -153,10 +153,12 @@ def groups_after(merges: list[dict], n_genres: int, n_classes: int) -> list[list
 
 
 def class_name(genres: list[str]) -> str:
-    """A merged class's name: its first genres (alphabetically), then how many more."""
+    """A merged class's name: its genres (alphabetically); past NAME_MEMBERS, the first
+    three and how many more."""
     names = sorted(genres)
-    shown = "/".join(names[:NAME_MEMBERS])
-    return shown if len(names) <= NAME_MEMBERS else f"{shown}/+{len(names) - NAME_MEMBERS}"
+    if len(names) <= NAME_MEMBERS:
+        return "/".join(names)
+    return "/".join(names[:NAME_MEMBERS - 1]) + f"/+{len(names) - NAME_MEMBERS + 1}"
 
 
 def confusion_share(proba: np.ndarray, y: np.ndarray, group: list[int]) -> float:

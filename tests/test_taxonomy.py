@@ -126,6 +126,7 @@ def test_the_stage_never_reads_the_test_split(in_tmp_repo):
 def test_the_learned_file_is_a_merge_file(in_tmp_repo):
     from stages import merge_genres
 
+    assert taxonomy.class_name(["b", "a", "d", "c"]) == "a/b/c/d"
     groups = [[0, 1], [2], [3, 4, 5, 6, 7]]
     genres = [f"g{i}" for i in range(8)]
     path = in_tmp_repo / "learned.yaml"
