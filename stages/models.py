@@ -102,21 +102,114 @@ def _feature_tokens(x, units: int, name: str):
                               bias_axes="fd", activation="relu", name=name)(x)
 
 
+def _periodic_tokens(x, p, name: str):
+    """(n, f) -> (n, f, embedding_dim): PLR embeddings (Gorishniy et al. 2022).
+
+    Each feature's value v becomes [sin(2 pi c v), cos(2 pi c v)] for its own learned
+    frequencies c (initialised N(0, frequency_scale)), then its own Dense + ReLU.
+    """
+    f, m = x.shape[-1], p.embedding_frequencies
+    phase = layers.EinsumDense(
+        "bf,fm->bfm", output_shape=(f, m), name=f"{name}_frequencies",
+        kernel_initializer=keras.initializers.RandomNormal(stddev=p.frequency_scale))(x)
+    phase = ops.multiply(phase, 2 * np.pi)
+    periodic = layers.Concatenate(name=f"{name}_periodic")([ops.sin(phase), ops.cos(phase)])
+    return layers.EinsumDense("bfi,fid->bfd", output_shape=(f, p.embedding_dim),
+                              bias_axes="fd", activation="relu", name=name)(periodic)
+
+
+def _member_scale(x, k: int, name: str, bias: bool = False):
+    """(n, k, d) -> (n, k, d): each ensemble member's own elementwise scale (and bias)."""
+    return layers.EinsumDense("bkd,kd->bkd", output_shape=(k, x.shape[-1]), name=name,
+                              kernel_initializer="ones", bias_axes="kd" if bias else None)(x)
+
+
+def _random_signs(layer, seed: int) -> None:
+    """TabM's first adapter starts at random +-1 signs, so the members differ from step one."""
+    (kernel,) = layer.get_weights()
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=kernel.shape)
+    layer.set_weights([signs.astype("float32")])
+
+
+def _hidden_layer(x, units: int, depth: int, p):
+    """One hidden Dense; for ensembles x is (n, k, d) and p.ensemble_style decides sharing."""
+    k, style = p.ensemble_size, p.ensemble_style
+    ensemble = k > 1
+    bias = not p.batch_norm
+    if ensemble and style == "packed":
+        return layers.EinsumDense("bki,kij->bkj", output_shape=(k, units),
+                                  bias_axes="kj" if bias else None, name=f"dense_{depth}")(x)
+    if ensemble and style == "batch":
+        if depth > 0:  # the first layer's input scale is the ensemble's input adapter
+            x = _member_scale(x, k, f"member_in_{depth}")
+        x = layers.Dense(units, use_bias=False, name=f"dense_{depth}")(x)
+        return _member_scale(x, k, f"member_out_{depth}", bias=bias)
+    return layers.Dense(units, use_bias=bias, name=f"dense_{depth}")(x)
+
+
 def build_mlp(train_x: np.ndarray, n_classes: int, p, features: list[str]) -> keras.Model:
     inputs = keras.Input((len(features),), name="features")
     x = input_block(inputs, train_x, p.inputs, features)
     if p.embedding_dim > 0:
         # per-feature embeddings of the scaled values, in front of the dense layers
-        tokens = _feature_tokens(x[:, : len(features)], p.embedding_dim, "feature_tokens")
+        scaled = x[:, : len(features)]
+        if p.numeric_embedding == "periodic":
+            tokens = _periodic_tokens(scaled, p, "feature_tokens")
+        else:
+            tokens = _feature_tokens(scaled, p.embedding_dim, "feature_tokens")
         x = layers.Concatenate(name="embedded")([layers.Flatten()(tokens), x])
+    k = p.ensemble_size
+    if k > 1:
+        # (n, d) -> (n, k, d): every member sees the same inputs ...
+        x = layers.RepeatVector(k, name="members_in")(x)
+        if p.ensemble_style != "packed":  # ... through its own input scale (TabM's adapter)
+            adapter = layers.EinsumDense("bkd,kd->bkd", output_shape=(k, x.shape[-1]),
+                                         name="member_adapter")
+            x = adapter(x)
+            _random_signs(adapter, p.seed)
     for depth, units in enumerate(p.hidden):
-        x = layers.Dense(units, use_bias=not p.batch_norm, name=f"dense_{depth}")(x)
+        x = _hidden_layer(x, units, depth, p)
         if p.batch_norm:
             x = layers.BatchNormalization(name=f"bn_{depth}")(x)
         x = layers.Activation("relu", name=f"relu_{depth}")(x)
         if p.dropout > 0 and (p.dropout_at == "all" or depth == 0):
             x = layers.Dropout(p.dropout, name=f"dropout_{depth}")(x)
-    return keras.Model(inputs, _output(x, n_classes), name="mlp")
+    if k == 1:
+        return keras.Model(inputs, _output(x, n_classes), name="mlp")
+    # per-member heads; training fits the members ("members" output, see training_model),
+    # the model itself answers with the mean of their probabilities
+    logits = layers.EinsumDense("bkh,khc->bkc", output_shape=(k, n_classes), bias_axes="kc",
+                                name="member_heads")(x)
+    members = layers.Softmax(name=MEMBERS)(logits)
+    mean = layers.GlobalAveragePooling1D(name="genre")(members)
+    return keras.Model(inputs, mean, name="mlp")
+
+
+MEMBERS = "members"  # the layer holding an ensemble's per-member probabilities (n, k, classes)
+
+
+def training_model(model: keras.Model) -> keras.Model:
+    """What to fit: the model itself, or for an ensemble a view on its members' outputs
+    (shared weights), so each member is trained on its own loss."""
+    names = [layer.name for layer in model.layers]
+    if MEMBERS not in names:
+        return model
+    return keras.Model(model.inputs, model.get_layer(MEMBERS).output, name=f"{model.name}_members")
+
+
+def targets(y: np.ndarray, n_classes: int, params, model: keras.Model) -> np.ndarray:
+    """Class indices y as the targets compile_model's loss expects for ``model``'s output:
+    indices, or one-hot rows with label smoothing; repeated per member for an ensemble."""
+    y = np.asarray(y)
+    shape = model.output_shape  # (None, classes) or (None, k, classes)
+    if getattr(params, "label_smoothing", 0.0) > 0:
+        y = np.eye(n_classes, dtype="float32")[y]
+        if len(shape) == 3:
+            y = np.broadcast_to(y[:, None, :], (len(y), shape[1], n_classes))
+        return y
+    if len(shape) == 3:
+        y = np.broadcast_to(y[:, None], (len(y), shape[1]))
+    return y
 
 
 def build_lstm(train_x: np.ndarray, n_classes: int, p, features: list[str]) -> keras.Model:
@@ -162,7 +255,8 @@ def build(family: str, train_x: np.ndarray, n_classes: int, params,
     return BUILDERS[family](train_x, n_classes, params, list(features))
 
 
-def compile_model(model: keras.Model, params, steps_per_epoch: int) -> keras.Model:
+def make_optimizer(params, steps_per_epoch: int):
+    """Adam (AdamW with weight decay), with the params' learning-rate schedule."""
     if params.schedule == "cosine":
         total = max(params.epochs * steps_per_epoch, 1)
         warmup = min(steps_per_epoch, total // 10)
@@ -174,12 +268,21 @@ def compile_model(model: keras.Model, params, steps_per_epoch: int) -> keras.Mod
     else:
         learning_rate = params.learning_rate
     if params.weight_decay > 0:
-        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=params.weight_decay)
+        return keras.optimizers.AdamW(learning_rate, weight_decay=params.weight_decay)
+    return keras.optimizers.Adam(learning_rate)
+
+
+def compile_model(model: keras.Model, params, steps_per_epoch: int,
+                  optimizer=None) -> keras.Model:
+    """Compile for training; ``optimizer``: reuse that one (an ensemble's mean takes its
+    members' optimizer, so the saved file holds the trained optimizer state)."""
+    optimizer = optimizer or make_optimizer(params, steps_per_epoch)
+    smoothing = getattr(params, "label_smoothing", 0.0)
+    if smoothing > 0:  # one-hot targets (see targets()): Keras' sparse loss cannot smooth
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
+        top5 = keras.metrics.TopKCategoricalAccuracy(k=5, name="top5")
     else:
-        optimizer = keras.optimizers.Adam(learning_rate)
-    model.compile(
-        optimizer=optimizer,
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")],
-    )
+        loss = "sparse_categorical_crossentropy"
+        top5 = keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy", top5])
     return model

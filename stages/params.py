@@ -68,6 +68,8 @@ class TrainParams(Section):
     weight_decay: float = Field(0.0, ge=0, lt=1)
     patience: int = Field(5, ge=1)
     seed: int = Field(42, ge=0)
+    # > 0: train on targets (1 - s) * one-hot + s / classes (Keras CategoricalCrossentropy)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
 
 
 class SoftmaxParams(TrainParams):
@@ -80,6 +82,26 @@ class MlpParams(TrainParams):
     dropout_at: Literal["first", "all"] = "all"
     batch_norm: bool = True
     embedding_dim: int = Field(0, ge=0)
+    # how each scaled feature is embedded when embedding_dim > 0: linear (Dense + ReLU per
+    # feature) | periodic (PLR, Gorishniy et al. 2022: sin/cos of learned frequencies, then
+    # Dense + ReLU per feature)
+    numeric_embedding: Literal["linear", "periodic"] = "linear"
+    embedding_frequencies: int = Field(16, ge=1)  # periodic: frequencies per feature
+    frequency_scale: float = Field(0.1, gt=0, le=100)  # periodic: sigma of their N(0, sigma) init
+    # > 1: TabM-style ensemble (Gorishniy et al. 2024) of this many members, each trained on
+    # its own loss; the model outputs the mean of their probabilities
+    ensemble_size: int = Field(1, ge=1, le=64)
+    # mini: members share the dense layers, each scales the input its own way and has its
+    # own head (TabM-mini) | batch: every dense layer gets per-member input and output
+    # scales and biases (TabM, BatchEnsemble) | packed: every member has its own weights
+    ensemble_style: Literal["mini", "batch", "packed"] = "mini"
+
+    @model_validator(mode="after")
+    def _periodic_needs_a_width(self):
+        if self.numeric_embedding == "periodic" and self.embedding_dim < 1:
+            raise ValueError("numeric_embedding periodic needs embedding_dim >= 1 "
+                             "(the width of each feature's embedding)")
+        return self
 
 
 class LstmParams(TrainParams):

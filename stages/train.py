@@ -87,17 +87,23 @@ def train(family: str, params, train_frame, val_frame, classes,
     x_val, y_val = features_and_labels(val_frame, classes, features)
     model = models.build(family, x_train, len(classes), params, features)
     steps = int(np.ceil(len(x_train) / params.batch_size))
-    models.compile_model(model, params, steps)
+    fitted = models.training_model(model)  # an ensemble fits its members, each on its own loss
+    models.compile_model(fitted, params, steps)
     callbacks = [keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=params.patience, restore_best_weights=True),
         epoch_printer(params.epochs)]
     callbacks.extend(extra_callbacks)
     started = time.perf_counter()
-    fit = model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=params.epochs,
-                    batch_size=params.batch_size, callbacks=callbacks, verbose=0)
+    fit = fitted.fit(x_train, models.targets(y_train, len(classes), params, fitted),
+                     validation_data=(x_val, models.targets(y_val, len(classes), params, fitted)),
+                     epochs=params.epochs, batch_size=params.batch_size, callbacks=callbacks,
+                     verbose=0)
     seconds = time.perf_counter() - started
     history = {k: [float(v) for v in values] for k, values in fit.history.items()}
-    val_loss, val_acc, val_top5 = model.evaluate(x_val, y_val, batch_size=4096, verbose=0)
+    if fitted is not model:  # the mean of the members, with their optimizer (saved with it)
+        models.compile_model(model, params, steps, optimizer=fitted.optimizer)
+    val_loss, val_acc, val_top5 = model.evaluate(
+        x_val, models.targets(y_val, len(classes), params, model), batch_size=4096, verbose=0)
     summary = {
         "family": family,
         "classes": len(classes),

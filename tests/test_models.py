@@ -35,6 +35,17 @@ VARIANTS = {
                           "dropout": 0.2, "dropout_at": "first", "batch_norm": False}),
     "mlp-default": ("mlp", {}),
     "mlp-embedded": ("mlp", {"embedding_dim": 4, "hidden": [16]}),
+    "mlp-periodic": ("mlp", {"embedding_dim": 4, "numeric_embedding": "periodic",
+                             "embedding_frequencies": 3, "frequency_scale": 0.5, "hidden": [16]}),
+    "mlp-ensemble-mini": ("mlp", {"ensemble_size": 3, "hidden": [16, 8]}),
+    "mlp-ensemble-batch": ("mlp", {"ensemble_size": 3, "ensemble_style": "batch",
+                                   "hidden": [16, 8], "batch_norm": False}),
+    "mlp-ensemble-packed": ("mlp", {"ensemble_size": 3, "ensemble_style": "packed",
+                                    "hidden": [16, 8]}),
+    "mlp-label-smoothing": ("mlp", {"label_smoothing": 0.1, "hidden": [16]}),
+    "mlp-everything": ("mlp", {"ensemble_size": 2, "label_smoothing": 0.1, "embedding_dim": 4,
+                               "numeric_embedding": "periodic", "hidden": [16]}),
+    "softmax-label-smoothing": ("softmax", {"label_smoothing": 0.2}),
     "lstm-dense_lstm-study": ("lstm", {"variant": "dense_lstm", "inputs": "standardized",
                                        "step_units": 250, "lstm_units": [80]}),
     "lstm-stacked-study": ("lstm", {"variant": "stacked", "inputs": "standardized",
@@ -64,6 +75,24 @@ def test_builder_fits_and_round_trips(name, frames, tmp_path):
     np.testing.assert_array_equal(loaded.predict(raw, verbose=0), before)
     assert before.shape == (len(raw), len(CLASSES))
     np.testing.assert_allclose(before.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_ensemble_fits_members_and_answers_with_their_mean(frames):
+    params = validate("mlp", {"ensemble_size": 3, "hidden": [8], "epochs": 1})
+    train_x = frames[0][FEATURES].to_numpy("float32")
+    model = models.build("mlp", train_x, 4, params)
+    fitted = models.training_model(model)
+    assert fitted is not model and fitted.output_shape == (None, 3, 4)
+    assert models.training_model(models.build("mlp", train_x, 4, validate("mlp", {}))).output_shape \
+        == (None, 4)
+    members = fitted.predict(train_x[:5], verbose=0)
+    np.testing.assert_allclose(model.predict(train_x[:5], verbose=0), members.mean(axis=1),
+                               rtol=1e-5, atol=1e-7)
+    assert not np.allclose(members[:, 0], members[:, 1])  # the adapters' random signs differ
+    y = np.array([0, 3])
+    assert models.targets(y, 4, params, fitted).tolist() == [[0, 0, 0], [3, 3, 3]]
+    smooth = models.targets(y, 4, params.model_copy(update={"label_smoothing": 0.1}), fitted)
+    assert smooth.shape == (2, 3, 4) and smooth[1, 2].tolist() == [0, 0, 0, 1]
 
 
 def test_study_lstm_shapes(frames):

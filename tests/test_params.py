@@ -76,6 +76,15 @@ def test_train_stops_on_a_bad_feature_set_with_one_line(tmp_path):
     ("merge_genres", {"n_groups": 0}, "merge_genres.n_groups = 0: Input should be greater than"),
     ("merge_genres", {"enabled": True},
      "merge_genres: enabled was replaced by strategy: none | study | learned"),
+    ("mlp", {"ensemble_size": 0}, "mlp.ensemble_size = 0: Input should be greater than or equal to 1"),
+    ("mlp", {"ensemble_style": "bagged"}, "mlp.ensemble_style = 'bagged': Input should be"),
+    ("mlp", {"numeric_embedding": "fourier"}, "mlp.numeric_embedding = 'fourier': Input should be"),
+    ("mlp", {"numeric_embedding": "periodic", "embedding_dim": 0},
+     "mlp: numeric_embedding periodic needs embedding_dim >= 1"),
+    ("mlp", {"embedding_frequencies": 0}, "mlp.embedding_frequencies = 0: Input should be"),
+    ("mlp", {"frequency_scale": 0}, "mlp.frequency_scale = 0: Input should be greater than 0"),
+    ("mlp", {"label_smoothing": 1}, "mlp.label_smoothing = 1: Input should be less than 1"),
+    ("lstm", {"label_smoothing": -0.1}, "lstm.label_smoothing = -0.1: Input should be"),
 ])
 def test_bad_params_name_path_value_and_rule(section, raw, message):
     with pytest.raises(UserError) as excinfo:
