@@ -75,6 +75,22 @@ def epoch_printer(epochs: int):
     return EpochPrinter()
 
 
+def mean_monitor(model, x_val: np.ndarray, y_val: np.ndarray):
+    """Adds val_mean_loss / val_mean_accuracy (the served model: the members' mean
+    probabilities) to each epoch's logs, for early stopping and the epoch line."""
+    import keras  # noqa: PLC0415
+
+    class MeanMonitor(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            proba = np.clip(model.predict(x_val, batch_size=4096, verbose=0), 1e-7, 1.0)
+            picked = proba[np.arange(len(y_val)), y_val]
+            if logs is not None:
+                logs["val_mean_loss"] = float(-np.log(picked).mean())
+                logs["val_mean_accuracy"] = float((proba.argmax(axis=1) == y_val).mean())
+
+    return MeanMonitor()
+
+
 def train(family: str, params, train_frame, val_frame, classes,
           features: list[str] = FEATURES, extra_callbacks=()):
     """Fit the family's model on ``features``; return (model, history dict, summary dict)."""
@@ -89,9 +105,13 @@ def train(family: str, params, train_frame, val_frame, classes,
     steps = int(np.ceil(len(x_train) / params.batch_size))
     fitted = models.training_model(model)  # an ensemble fits its members, each on its own loss
     models.compile_model(fitted, params, steps)
-    callbacks = [keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=params.patience, restore_best_weights=True),
-        epoch_printer(params.epochs)]
+    # An ensemble's members can overfit while their mean still improves: stop on the mean.
+    ensemble = fitted is not model
+    callbacks = [*([mean_monitor(model, x_val, y_val)] if ensemble else []),
+                 keras.callbacks.EarlyStopping(
+                     monitor="val_mean_loss" if ensemble else "val_loss", mode="min",
+                     patience=params.patience, restore_best_weights=True),
+                 epoch_printer(params.epochs)]
     callbacks.extend(extra_callbacks)
     started = time.perf_counter()
     fit = fitted.fit(x_train, models.targets(y_train, len(classes), params, fitted),
@@ -112,7 +132,7 @@ def train(family: str, params, train_frame, val_frame, classes,
         "val_top5": round(float(val_top5), 5),
         "val_loss": round(float(val_loss), 5),
         "epochs_run": len(history["loss"]),
-        "best_epoch": int(np.argmin(history["val_loss"])) + 1,
+        "best_epoch": int(np.argmin(history.get("val_mean_loss", history["val_loss"]))) + 1,
         "train_seconds": round(seconds, 1),
         "parameters": int(model.count_params()),
     }

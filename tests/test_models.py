@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from stages.common import AUDIO_FEATURES, FEATURES, UserError
+from stages.common import AUDIO_FEATURES, FEATURES, UserError, label_indices
 from stages.params import validate
 from stages.tf_setup import quiet_tensorflow
 from tests.conftest import make_tracks
@@ -247,3 +247,19 @@ def test_predict_proba_uses_an_objects_own_predict_proba():
 
     proba = model_files.predict_proba(Forest(), np.zeros((5, 13), dtype="float32"))
     assert proba.shape == (5, 3)
+
+
+def test_an_ensemble_stops_on_its_mean_not_its_members(frames):
+    params = validate("mlp", {"ensemble_size": 3, "hidden": [8], "epochs": 3, "batch_size": 32})
+    model, history, summary = train.train("mlp", params, *frames, CLASSES)
+    # the served model's own validation loss and accuracy, once per epoch
+    assert len(history["val_mean_loss"]) == len(history["val_mean_accuracy"]) == 3
+    assert summary["best_epoch"] == int(np.argmin(history["val_mean_loss"])) + 1
+    val_x = frames[1][FEATURES].to_numpy("float32")
+    y = label_indices(frames[1], CLASSES)
+    proba = model.predict(val_x, verbose=0)
+    best = summary["best_epoch"] - 1  # restored weights: the best epoch's mean loss
+    assert -np.log(proba[np.arange(len(y)), y]).mean() == pytest.approx(
+        history["val_mean_loss"][best], rel=1e-4)
+    single = train.train("mlp", params.model_copy(update={"ensemble_size": 1}), *frames, CLASSES)
+    assert "val_mean_loss" not in single[1]
