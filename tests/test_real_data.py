@@ -113,3 +113,10 @@ def test_whole_pipeline_on_real_data_with_few_epochs(tmp_path):
         assert metrics[family]["accuracy"] > 0.10  # chance is about 1/114
     assert metrics["chance"] < 0.02
     assert len(pd.read_csv(repo / "plots/top_confusions.csv")) == 20
+    # the learned taxonomy (train+val only) and the accuracy-vs-classes curve
+    taxonomy = json.loads((repo / "reports/taxonomy.json").read_text())
+    assert len(taxonomy["genres"]) == 114 and taxonomy["merges"][-1]["classes_after"] == 6
+    curve = pd.read_csv(repo / "plots/taxonomy/learned.csv")
+    assert list(curve["classes"]) == [114, 100, 90, 80, 66, 50, 40, 30, 20, 10]
+    assert (curve["accuracy"] > curve["chance"]).all()
+    assert list(pd.read_csv(repo / "plots/taxonomy/study.csv")["classes"]) == [66]
