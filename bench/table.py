@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
                          f"(have: {', '.join(sorted(found)) or 'none'})")
     runs = {n: found[n] for n in args.names} if args.names else {"HEAD": "HEAD", **found}
     rows = [row for name, rev in runs.items() for row in rows_of(name, rev)]
-    rows.sort(key=lambda r: (r["features"], r["split"], r["classes"], r["run"], r["family"]))
+    splits = {"recording": 0, "group": 1, "random": 2}  # the default first, then the leakier
+    rows.sort(key=lambda r: (r["features"], splits.get(r["split"], 3), r["classes"], r["run"],
+                             r["family"]))
     print(markdown(rows))
 
 
