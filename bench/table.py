@@ -86,14 +86,15 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", help="experiments to show (default: all, and HEAD)")
+    parser.add_argument("names", nargs="*",
+                        help="experiments (or HEAD) to show (default: all, and HEAD)")
     args = parser.parse_args(argv)
-    found = experiments()
+    found = {**experiments(), "HEAD": "HEAD"}
     missing = [n for n in args.names if n not in found]
     if missing:
         raise SystemExit(f"error: no experiment named {', '.join(missing)} "
                          f"(have: {', '.join(sorted(found)) or 'none'})")
-    runs = {n: found[n] for n in args.names} if args.names else {"HEAD": "HEAD", **found}
+    runs = {n: found[n] for n in args.names} if args.names else found
     rows = [row for name, rev in runs.items() for row in rows_of(name, rev)]
     splits = {"recording": 0, "group": 1, "random": 2}  # the default first, then the leakier
     rows.sort(key=lambda r: (r["features"], splits.get(r["split"], 3), r["classes"], r["run"],
