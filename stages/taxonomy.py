@@ -31,6 +31,7 @@ import pandas as pd
 from stages.common import (
     FEATURES,
     GENRE_COLUMN,
+    LABEL_COLUMN,
     REPORTS_DIR,
     SPLIT_DIR,
     UserError,
@@ -250,8 +251,6 @@ def coarse_scores(proba: np.ndarray, test: pd.DataFrame, classes: list[str],
     result is None. A coarse class's probability is the sum of its members'.
     """
     from sklearn.metrics import f1_score  # noqa: PLC0415
-
-    from stages.common import LABEL_COLUMN  # noqa: PLC0415
 
     genres_of = test.groupby(LABEL_COLUMN)[GENRE_COLUMN].agg(set).to_dict()
     coarse_names = sorted(set(mapping.values()))
