@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from pathlib import Path
 
 import yaml
+
+from bench.workspace import run_checked
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ("run", "split", "classes", "features", "family", "accuracy", "top-5", "macro-F1",
@@ -26,8 +27,7 @@ COLUMNS = ("run", "split", "classes", "features", "family", "accuracy", "top-5",
 
 
 def git(*args: str, repo: Path = REPO) -> str:
-    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
-                          check=True).stdout
+    return run_checked(["git", *args], repo)
 
 
 def experiments(repo: Path = REPO) -> dict[str, str]:
@@ -43,7 +43,7 @@ def experiments(repo: Path = REPO) -> dict[str, str]:
 def show(rev: str, path: str, repo: Path = REPO) -> str | None:
     try:
         return git("show", f"{rev}:{path}", repo=repo)
-    except subprocess.CalledProcessError:
+    except RuntimeError:  # run_checked: the path is not in that revision
         return None
 
 

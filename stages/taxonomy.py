@@ -241,8 +241,13 @@ def learned_mappings(report: dict, levels=CURVE_LEVELS) -> dict[int, dict[str, s
     return out
 
 
+def class_genres(test: pd.DataFrame) -> dict[str, set]:
+    """{class: the genres its test rows carry}: what a model's (possibly merged) class holds."""
+    return test.groupby(LABEL_COLUMN)[GENRE_COLUMN].agg(set).to_dict()
+
+
 def coarse_scores(proba: np.ndarray, test: pd.DataFrame, classes: list[str],
-                  mapping: dict[str, str]) -> dict | None:
+                  mapping: dict[str, str], genres_of: dict[str, set] | None = None) -> dict | None:
     """Accuracy, macro-F1 and chance once the model's classes are folded as ``mapping`` says.
 
     ``proba`` (n, classes) holds the model's test probabilities; each of its classes
@@ -252,7 +257,8 @@ def coarse_scores(proba: np.ndarray, test: pd.DataFrame, classes: list[str],
     """
     from sklearn.metrics import f1_score  # noqa: PLC0415
 
-    genres_of = test.groupby(LABEL_COLUMN)[GENRE_COLUMN].agg(set).to_dict()
+    if genres_of is None:
+        genres_of = class_genres(test)
     coarse_names = sorted(set(mapping.values()))
     index = {name: i for i, name in enumerate(coarse_names)}
     fold = np.zeros((len(classes), len(coarse_names)))
@@ -280,10 +286,12 @@ def accuracy_curves(proba: np.ndarray, test: pd.DataFrame, classes: list[str], r
     """{learned: one row per level the model's classes nest in, study: its one point
     (none where the study's merge doesn't fit the data)}."""
     columns = ["classes", "accuracy", "macro_f1", "chance"]
+    genres_of = class_genres(test)  # once, not per level
     curves = {}
     for name, mappings in (("learned", list(learned_mappings(report).values())),
                            ("study", [study] if study else [])):
-        rows = [r for r in (coarse_scores(proba, test, classes, m) for m in mappings) if r]
+        scored = (coarse_scores(proba, test, classes, m, genres_of) for m in mappings)
+        rows = [r for r in scored if r]
         curves[name] = pd.DataFrame(rows, columns=columns)
     return curves
 
