@@ -21,17 +21,20 @@ from stages.common import (
     LABEL_COLUMN,
     METRICS_DIR,
     MODELS_DIR,
+    PLOTS_DIR,
     REPORTS_DIR,
     SPLITS,
     cli,
     label_indices,
     read_labeled,
+    write_csv,
     write_json,
 )
+from stages.calibration import ECE_BINS, reliability
 from stages.params import FAMILIES
 
 # what metrics/test.json keeps of each family (the full set goes to the report)
-HEADLINE = ("accuracy", "top5", "macro_f1")
+HEADLINE = ("accuracy", "top5", "macro_f1", "ece")
 
 
 # --- metrics (pure functions of labels and probabilities) ----------------------
@@ -121,12 +124,30 @@ def score(proba: np.ndarray, test: pd.DataFrame, classes: list[str],
                                             average="weighted", zero_division=0)), 5),
         "log_loss": round(float(log_loss(actual, clipped / clipped.sum(axis=1, keepdims=True),
                                          labels=labels)), 5),
+        # expected calibration error: row-weighted gap between confidence and accuracy
+        "ece": round(reliability(proba, actual)["ece"], 5),
         "any_genre_accuracy": round(any_genre_accuracy(
             test[ID_COLUMN], np.asarray(classes)[predicted], track_labels), 5),
         # accuracy on test rows whose exact features are / are not in the training split
         "accuracy_seen_in_train": _share_right(right[seen]),
         "accuracy_unseen": _share_right(right[~seen]),
     }
+
+
+def reliability_curve(proba: np.ndarray, actual: np.ndarray) -> pd.DataFrame:
+    """The reliability diagram's points: per confidence bin with rows, its mean confidence
+    (top-1 probability) and the share of those rows that are right."""
+    table = reliability(proba, actual, ECE_BINS)
+    filled = table["rows"] > 0
+    return pd.DataFrame({"confidence": np.round(table["confidence"][filled], 4),
+                         "accuracy": np.round(table["accuracy"][filled], 4),
+                         "rows": table["rows"][filled]})
+
+
+def ideal_curve(bins: int = ECE_BINS) -> pd.DataFrame:
+    """The diagonal a calibrated model follows, drawn beside the families."""
+    centres = np.round((np.arange(bins) + 0.5) / bins, 4)
+    return pd.DataFrame({"confidence": centres, "accuracy": centres})
 
 
 def headline(report: dict) -> dict:
@@ -155,25 +176,30 @@ def evaluate(families, models_dir: Path = MODELS_DIR) -> dict:
     union = [f for f in FEATURES if f in used]
     seen = seen_in_train(test, splits["train"], union)
     report = {"families": {}}
+    curves = {}
     for family, (model, classes, features) in loaded.items():
         proba = predict_proba(model, test[features].to_numpy("float32"))  # its own features
         report["families"][family] = {
             **score(proba, test, classes, track_labels, seen), "features": len(features)}
+        curves[family] = reliability_curve(proba, label_indices(test, classes))
     report["test_set"] = test_set_stats(test, seen, classes, union)
-    return report
+    return report, curves
 
 
 @cli
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args(argv)
-    report = evaluate(FAMILIES)
+    report, curves = evaluate(FAMILIES)
+    for family, curve in {**curves, "ideal": ideal_curve()}.items():
+        write_csv(PLOTS_DIR / "calibration" / f"{family}.csv", curve)
     write_json(REPORTS_DIR / "evaluate.json", report)
     write_json(METRICS_DIR / "test.json", headline(report))
     stats = report["test_set"]
     for family, scores in report["families"].items():
         print(f"evaluate {family}: accuracy {scores['accuracy']:.4f}, top5 {scores['top5']:.4f}, "
-              f"macro-F1 {scores['macro_f1']:.4f}, any-genre {scores['any_genre_accuracy']:.4f}")
+              f"macro-F1 {scores['macro_f1']:.4f}, any-genre {scores['any_genre_accuracy']:.4f}, "
+              f"calibration error {scores['ece']:.4f}")
     print(f"evaluate: {stats['rows']} test rows, {stats['classes']} classes, "
           f"chance {stats['chance']:.4f}, ceiling {stats['ceiling']:.4f}")
 

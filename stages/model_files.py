@@ -18,6 +18,11 @@ from stages.common import FEATURES, MODELS_DIR, UserError, atomic_path
 # extra members in the .keras zip; keras' loader ignores them
 CLASSES_MEMBER = "classes.json"
 FEATURES_MEMBER = "features.json"
+# a network that takes NaN for a missing feature: {"min_features": N, and once published,
+# "test_accuracy": {"": all present, "popularity,explicit": those two missing, ...}}
+MISSING_MEMBER = "missing.json"
+# the learned genre hierarchy (stage taxonomy's merges), for answers at any level
+TAXONOMY_MEMBER = "taxonomy.json"
 TREE_SUFFIX = ".npz"
 
 
@@ -28,13 +33,42 @@ def family_file(family: str) -> Path:
     return MODELS_DIR / f"{family}{TREE_SUFFIX if family in TREES else '.keras'}"
 
 
-def save_model(model, path: Path, classes: list[str], features: list[str]) -> None:
-    """Save atomically, with the class and feature lists stored inside the .keras file."""
+def save_model(model, path: Path, classes: list[str], features: list[str],
+               extra: dict | None = None) -> None:
+    """Save atomically, with the class and feature lists (and ``extra`` {member: JSON
+    value}) stored inside the .keras file."""
     with atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(CLASSES_MEMBER, json.dumps(classes))
             archive.writestr(FEATURES_MEMBER, json.dumps(list(features)))
+            for name, value in (extra or {}).items():
+                archive.writestr(name, json.dumps(value))
+
+
+def copy_with_members(source: Path, dest: Path, members: dict) -> None:
+    """Copy a .keras file to ``dest`` (atomically), adding or replacing JSON members."""
+    with atomic_path(dest, suffix=".keras") as tmp:
+        with zipfile.ZipFile(source) as old, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as new:
+            for item in old.infolist():
+                if item.filename not in members:
+                    new.writestr(item, old.read(item.filename))
+            for name, value in members.items():
+                new.writestr(name, json.dumps(value))
+
+
+def read_member(path: Path, name: str):
+    """A JSON member of a saved .keras model, or None when it has none (or is a tree file)."""
+    path = Path(path)
+    if path.suffix == TREE_SUFFIX:
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if name not in archive.namelist():
+                return None
+            return json.loads(archive.read(name))
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise _not_ours(path, exc) from None
 
 
 def _features_in(archive: zipfile.ZipFile) -> list[str]:

@@ -147,17 +147,45 @@ def _hidden_layer(x, units: int, depth: int, p):
     return layers.Dense(units, use_bias=bias, name=f"dense_{depth}")(x)
 
 
+def _hide_missing(x, present, features: list[str], kind: str):
+    """Zero the input block's columns of missing features: their scaled value and, for
+    'engineered', their one-hot code (a missing key is no key, not key 0)."""
+    keep = [present]
+    if kind == "engineered":
+        for name, depth in ONE_HOT_FEATURES.items():
+            if name in features:
+                i = features.index(name)
+                keep.append(ops.repeat(present[:, i : i + 1], depth, axis=1))
+    return ops.multiply(x, ops.concatenate(keep, axis=-1) if len(keep) > 1 else present)
+
+
 def build_mlp(train_x: np.ndarray, n_classes: int, p, features: list[str]) -> keras.Model:
     inputs = keras.Input((len(features),), name="features")
-    x = input_block(inputs, train_x, p.inputs, features)
+    n = len(features)
+    masked = p.feature_dropout > 0  # NaN in the input marks a missing feature
+    values = inputs
+    if masked:
+        is_missing = ops.isnan(inputs)
+        missing = ops.cast(is_missing, "float32")
+        present = ops.subtract(1.0, missing)
+        values = ops.where(is_missing, ops.zeros_like(inputs), inputs)
+    x = input_block(values, train_x, p.inputs, features)
+    if masked:
+        x = _hide_missing(x, present, features, p.inputs)
     if p.embedding_dim > 0:
         # per-feature embeddings of the scaled values, in front of the dense layers
-        scaled = x[:, : len(features)]
+        scaled = x[:, :n]
         if p.numeric_embedding == "periodic":
             tokens = _periodic_tokens(scaled, p, "feature_tokens")
         else:
             tokens = _feature_tokens(scaled, p.embedding_dim, "feature_tokens")
+        if masked:  # a missing feature's token is its own learned "missing" embedding
+            learned_missing = layers.EinsumDense(
+                "bf,fd->bfd", output_shape=(n, p.embedding_dim), name="missing_tokens")(missing)
+            tokens = ops.add(ops.multiply(tokens, ops.expand_dims(present, -1)), learned_missing)
         x = layers.Concatenate(name="embedded")([layers.Flatten()(tokens), x])
+    if masked:
+        x = layers.Concatenate(name="with_missing_flags")([x, missing])
     k = p.ensemble_size
     if k > 1:
         # (n, d) -> (n, k, d): every member sees the same inputs ...
@@ -183,6 +211,42 @@ def build_mlp(train_x: np.ndarray, n_classes: int, p, features: list[str]) -> ke
     members = layers.Softmax(name=MEMBERS)(logits)
     mean = layers.GlobalAveragePooling1D(name="genre")(members)
     return keras.Model(inputs, mean, name="mlp")
+
+
+# Fewest features a masked network answers from: below it predict refuses the file.
+MIN_FEATURES = 8
+
+
+def accepts_missing(model: keras.Model) -> bool:
+    """True for a network built to take NaN for a missing feature (mlp.feature_dropout > 0)."""
+    return any(layer.name == "with_missing_flags" for layer in model.layers)
+
+
+def with_temperature(model: keras.Model, temperature: float) -> keras.Model:
+    """The same model answering softmax(log p / temperature) (stages.calibration): stock
+    ops only, so the file still loads with plain keras.models.load_model."""
+    log_p = ops.log(ops.maximum(model.outputs[0], 1e-12))
+    calibrated = layers.Softmax(name="calibrated")(ops.divide(log_p, float(temperature)))
+    return keras.Model(model.inputs[0], calibrated, name=model.name)
+
+
+# Spotify's audio-features API has no popularity and no explicit: training hides the two
+# together in a share of rows, so the model learns that case as such
+API_MISSING = ("popularity", "explicit")
+
+
+def hide_features(x: np.ndarray, rate: float, features: list[str],
+                  rng: np.random.Generator) -> np.ndarray:
+    """A copy of x with features set to NaN (missing): each value with probability
+    ``rate``, and popularity and explicit together in a further ``rate`` share of rows."""
+    hidden = rng.random(x.shape) < rate
+    together = [features.index(f) for f in API_MISSING if f in features]
+    if together:
+        rows = rng.random(len(x)) < rate
+        hidden[np.ix_(rows, together)] = True
+    out = x.copy()
+    out[hidden] = np.nan
+    return out
 
 
 MEMBERS = "members"  # the layer holding an ensemble's per-member probabilities (n, k, classes)

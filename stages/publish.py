@@ -14,7 +14,6 @@ chosen model and the test split, so `dvc exp run -S model=lstm` re-runs only thi
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +128,34 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], title: str, path: Pat
     _save(fig, path)
 
 
+def hidden_feature_sets(features: list[str]) -> list[tuple[str, ...]]:
+    """What a masked model is scored without: nothing, each feature alone, popularity and
+    explicit together (what the audio-features API lacks) and those two plus each other one."""
+    from stages.models import API_MISSING  # noqa: PLC0415
+
+    sets = [(), *((f,) for f in features)]
+    api = tuple(f for f in features if f in API_MISSING)
+    if len(api) == len(API_MISSING):
+        sets += [api, *(api + (f,) for f in features if f not in api)]
+    return sets
+
+
+def missing_feature_accuracy(model, x: np.ndarray, actual: np.ndarray,
+                             features: list[str]) -> dict[str, float]:
+    """Test accuracy with each feature set of hidden_feature_sets() missing (NaN), keyed
+    by the missing features joined with ',' ('' for none): what predict tells a user
+    whose file lacks them."""
+    from stages.model_files import predict_proba  # noqa: PLC0415
+
+    accuracy = {}
+    for hidden in hidden_feature_sets(features):
+        masked = x.copy()
+        masked[:, [features.index(f) for f in hidden]] = np.nan
+        right = predict_proba(model, masked).argmax(axis=1) == actual
+        accuracy[",".join(hidden)] = round(float(right.mean()), 5)
+    return accuracy
+
+
 def publish(model_name: str, models_dir: Path = MODELS_DIR, plots_dir: Path = PLOTS_DIR,
             published: Path = PUBLISHED_MODEL) -> dict:
     from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
@@ -136,11 +163,19 @@ def publish(model_name: str, models_dir: Path = MODELS_DIR, plots_dir: Path = PL
     quiet_tensorflow()
     from stages.model_files import load_model, predict_proba  # noqa: PLC0415
 
+    from stages.model_files import (  # noqa: PLC0415
+        MISSING_MEMBER,
+        TAXONOMY_MEMBER,
+        copy_with_members,
+        read_member,
+    )
+
     source = models_dir / f"{model_name}.keras"
     model, classes, features = load_model(source)
     test = read_labeled("test")
     actual = label_indices(test, classes)
-    proba = predict_proba(model, test[features].to_numpy("float32"))
+    x = test[features].to_numpy("float32")
+    proba = predict_proba(model, x)
     predicted = proba.argmax(axis=1)
     matrix = confusion_counts(actual, predicted, len(classes))
     scores = per_class_scores(actual, predicted, classes)
@@ -157,14 +192,23 @@ def publish(model_name: str, models_dir: Path = MODELS_DIR, plots_dir: Path = PL
                               GROUPS_FILES["study"])
     except UserError:  # the study's genres are not all in this data (your own dataset)
         study = None
-    curves = accuracy_curves(proba, test, classes, read_json(MERGES_REPORT), study)
+    hierarchy = read_json(MERGES_REPORT)
+    curves = accuracy_curves(proba, test, classes, hierarchy, study)
     for taxonomy, curve in curves.items():
         write_csv(plots_dir / "taxonomy" / f"{taxonomy}.csv", curve)
-    with atomic_path(published, suffix=".keras") as tmp:
-        shutil.copyfile(source, tmp)
+    # what travels inside the published file: the hierarchy (predict --level) and, for a
+    # model that takes missing features, what each missing set costs on the test split
+    members = {TAXONOMY_MEMBER: {"genres": hierarchy["genres"], "merges": hierarchy["merges"]}}
+    missing = read_member(source, MISSING_MEMBER)
+    if missing is not None:
+        missing = {**missing, "test_rows": int(len(test)),
+                   "test_accuracy": missing_feature_accuracy(model, x, actual, features)}
+        members[MISSING_MEMBER] = missing
+    copy_with_members(source, published, members)
     return {"model": model_name, "classes": len(classes), "features": features,
             "test_rows": int(len(test)),
             "accuracy": round(accuracy, 5), "macro_f1": round(macro_f1, 5),
+            "missing_feature_accuracy": missing["test_accuracy"] if missing else None,
             "accuracy_by_classes": {name: curve.to_dict(orient="records")
                                     for name, curve in curves.items()}}
 

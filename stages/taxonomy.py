@@ -296,6 +296,55 @@ def accuracy_curves(proba: np.ndarray, test: pd.DataFrame, classes: list[str], r
     return curves
 
 
+# --- answers at a coarser level (predict --level) ------------------------------------------
+
+DEFAULT_GROUP_LEVEL = 10  # the group predict names beside the top genres
+
+
+def hierarchy_levels(hierarchy: dict) -> tuple[int, int]:
+    """(fewest, most) classes the hierarchy {genres, merges} can be cut at."""
+    n = len(hierarchy["genres"])
+    return min([n] + [m["classes_after"] for m in hierarchy["merges"]]), n
+
+
+def level_fold(hierarchy: dict, classes: list[str], level: int) -> tuple[list[str], np.ndarray]:
+    """How a model's class probabilities fold into the hierarchy's ``level`` classes:
+    (the coarse class names, a 0/1 matrix (len(classes), len(names))), so that
+    ``proba @ matrix`` sums each coarse class's members. The model's classes are genres
+    of the hierarchy, or classes of the learned taxonomy at a finer level."""
+    fewest, most = hierarchy_levels(hierarchy)
+    if not fewest <= level <= most:
+        raise UserError(f"--level {level}: the model's genre hierarchy has {fewest} to {most} "
+                        "classes")
+    genres = hierarchy["genres"]
+    merges = [{"merged": [[genres.index(g) for g in side] for side in m["merged"]]}
+              for m in hierarchy["merges"]]
+
+    def cut(n: int) -> list[list[str]]:
+        return [[genres[i] for i in group] for group in groups_after(merges, len(genres), n)]
+
+    members = {g: [g] for g in genres}
+    if not set(classes) <= set(genres):  # a model trained on learned classes
+        members = {class_name(group): group for group in cut(len(classes))}
+    unknown = [c for c in classes if c not in members]
+    if unknown:
+        raise UserError(f"--level: the model's classes are not from its genre hierarchy "
+                        f"({', '.join(unknown[:3])})")
+    if level > len(classes):
+        raise UserError(f"--level {level}: more than the model's {len(classes)} classes")
+    coarse = cut(level)
+    names = [class_name(group) for group in coarse]
+    owner = {g: i for i, group in enumerate(coarse) for g in group}
+    fold = np.zeros((len(classes), len(names)))
+    for c, name in enumerate(classes):
+        targets = {owner[g] for g in members[name]}
+        if len(targets) != 1:
+            raise UserError(f"--level {level}: the model's class {name!r} is split between "
+                            "classes of that level")
+        fold[c, targets.pop()] = 1.0
+    return names, fold
+
+
 @cli
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -91,6 +91,39 @@ def mean_monitor(model, x_val: np.ndarray, y_val: np.ndarray):
     return MeanMonitor()
 
 
+def masked_batches(x: np.ndarray, y: np.ndarray, batch_size: int, rate: float,
+                   features: list[str], seed: int):
+    """Training batches with features hidden at random (NaN), freshly drawn every epoch
+    from (seed, epoch): the same params give the same batches."""
+    import keras  # noqa: PLC0415
+
+    from stages.models import hide_features  # noqa: PLC0415
+
+    class MaskedBatches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.epoch = 0
+            self._draw()
+
+        def _draw(self):
+            rng = np.random.default_rng([seed, self.epoch])
+            self.order = rng.permutation(len(x))
+            self.x = hide_features(x[self.order], rate, features, rng)
+
+        def __len__(self):
+            return int(np.ceil(len(x) / batch_size))
+
+        def __getitem__(self, index):
+            rows = slice(index * batch_size, (index + 1) * batch_size)
+            return self.x[rows], y[self.order[rows]]
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self._draw()
+
+    return MaskedBatches()
+
+
 def train(family: str, params, train_frame, val_frame, classes,
           features: list[str] = FEATURES, extra_callbacks=()):
     """Fit the family's model on ``features``; return (model, history dict, summary dict)."""
@@ -114,16 +147,23 @@ def train(family: str, params, train_frame, val_frame, classes,
                  epoch_printer(params.epochs)]
     callbacks.extend(extra_callbacks)
     started = time.perf_counter()
-    fit = fitted.fit(x_train, models.targets(y_train, len(classes), params, fitted),
-                     validation_data=(x_val, models.targets(y_val, len(classes), params, fitted)),
-                     epochs=params.epochs, batch_size=params.batch_size, callbacks=callbacks,
-                     verbose=0)
+    y_fit = models.targets(y_train, len(classes), params, fitted)
+    validation = (x_val, models.targets(y_val, len(classes), params, fitted))
+    if getattr(params, "feature_dropout", 0) > 0:  # the model learns to do without features
+        batches = masked_batches(x_train, y_fit, params.batch_size, params.feature_dropout,
+                                 list(features), params.seed)
+        fit = fitted.fit(batches, validation_data=validation, epochs=params.epochs,
+                         callbacks=callbacks, verbose=0)
+    else:
+        fit = fitted.fit(x_train, y_fit, validation_data=validation, epochs=params.epochs,
+                         batch_size=params.batch_size, callbacks=callbacks, verbose=0)
     seconds = time.perf_counter() - started
     history = {k: [float(v) for v in values] for k, values in fit.history.items()}
     if fitted is not model:  # the mean of the members, with their optimizer (saved with it)
         models.compile_model(model, params, steps, optimizer=fitted.optimizer)
     val_loss, val_acc, val_top5 = model.evaluate(
         x_val, models.targets(y_val, len(classes), params, model), batch_size=4096, verbose=0)
+    model, calibration = calibrate(model, x_val, y_val)
     summary = {
         "family": family,
         "classes": len(classes),
@@ -135,8 +175,26 @@ def train(family: str, params, train_frame, val_frame, classes,
         "best_epoch": int(np.argmin(history.get("val_mean_loss", history["val_loss"]))) + 1,
         "train_seconds": round(seconds, 1),
         "parameters": int(model.count_params()),
+        **calibration,
     }
     return model, history, summary
+
+
+def calibrate(model, x_val: np.ndarray, y_val: np.ndarray):
+    """Temperature-scale the model's probabilities on the validation split (see
+    stages.calibration): (the model, or it with the scaling built in; report entries)."""
+    from stages import calibration, models  # noqa: PLC0415
+    from stages.model_files import predict_proba  # noqa: PLC0415
+
+    proba = predict_proba(model, x_val)
+    temperature = calibration.fit_temperature(proba, y_val)
+    report = {"temperature": temperature,
+              "val_ece_raw": round(calibration.expected_calibration_error(proba, y_val), 5)}
+    if temperature != 1.0:
+        model = models.with_temperature(model, temperature)
+        proba = predict_proba(model, x_val)
+    report["val_ece"] = round(calibration.expected_calibration_error(proba, y_val), 5)
+    return model, report
 
 
 @cli
@@ -159,7 +217,11 @@ def main(argv: list[str] | None = None) -> None:
     # each file is written atomically, and only after training has finished
     write_csv(PLOTS_DIR / "train" / f"{name}.csv", learning_curves(history))
     write_json(REPORTS_DIR / "train" / f"{name}.json", summary)
-    save_model(model, MODELS_DIR / f"{name}.keras", classes, features)
+    from stages.model_files import MISSING_MEMBER  # noqa: PLC0415
+    from stages.models import MIN_FEATURES, accepts_missing  # noqa: PLC0415
+
+    extra = {MISSING_MEMBER: {"min_features": MIN_FEATURES}} if accepts_missing(model) else {}
+    save_model(model, MODELS_DIR / f"{name}.keras", classes, features, extra)
     print(f"train {name} ({args.family}, {len(features)} features): "
           f"val accuracy {summary['val_accuracy']:.4f}, "
           f"{summary['epochs_run']} epochs, {summary['train_seconds']} s, "

@@ -90,15 +90,15 @@ def test_chance_is_the_majority_class_share():
 def test_headline_metrics_hold_every_family_and_only_numbers():
     report = {
         "families": {f: {"accuracy": 0.3, "top3": 0.5, "top5": 0.6, "macro_f1": 0.2,
-                         "log_loss": 2.0, "accuracy_seen_in_train": None}
+                         "log_loss": 2.0, "ece": 0.02, "accuracy_seen_in_train": None}
                      for f in ("softmax", "mlp", "lstm")},
         "test_set": {"classes": 3, "rows": 4, "chance": 0.25, "ceiling": 0.9,
                      "seen_in_train_share": 0.0},
     }
     assert ev.headline(report) == {
-        "softmax": {"accuracy": 0.3, "top5": 0.6, "macro_f1": 0.2},
-        "mlp": {"accuracy": 0.3, "top5": 0.6, "macro_f1": 0.2},
-        "lstm": {"accuracy": 0.3, "top5": 0.6, "macro_f1": 0.2},
+        "softmax": {"accuracy": 0.3, "top5": 0.6, "macro_f1": 0.2, "ece": 0.02},
+        "mlp": {"accuracy": 0.3, "top5": 0.6, "macro_f1": 0.2, "ece": 0.02},
+        "lstm": {"accuracy": 0.3, "top5": 0.6, "macro_f1": 0.2, "ece": 0.02},
         "chance": 0.25, "ceiling": 0.9,
     }
 
@@ -172,9 +172,25 @@ def test_evaluate_feeds_each_model_its_own_features(in_tmp_repo, mlp_features, c
                              features)
         model_files.save_model(model, in_tmp_repo / "models" / f"{family}.keras", classes,
                                features)
-    report = ev.evaluate(["softmax", "mlp"], in_tmp_repo / "models")
+    report, curves = ev.evaluate(["softmax", "mlp"], in_tmp_repo / "models")
+    assert set(curves) == {"softmax", "mlp"}
+    assert curves["mlp"]["rows"].sum() == len(test)  # every test row in one confidence bin
     assert report["families"]["softmax"]["features"] == 13
     assert report["families"]["mlp"]["features"] == len(FEATURE_SETS[mlp_features])
     # the test-set lines use every feature some model takes: with only audio models the
     # twins are one input with two labels
     assert report["test_set"]["ceiling"] == ceiling
+
+
+def test_calibration_error_and_reliability_curve():
+    # 4 rows at confidence 0.9 of which 2 are right, 2 rows at 0.6 both right
+    proba = np.array([[0.9, 0.1]] * 4 + [[0.6, 0.4]] * 2)
+    actual = np.array([0, 0, 1, 1, 0, 0])
+    curve = ev.reliability_curve(proba, actual)
+    assert curve.to_dict("list") == {"confidence": [0.6, 0.9], "accuracy": [1.0, 0.5],
+                                     "rows": [2, 4]}
+    # ECE = (2 * |1.0 - 0.6| + 4 * |0.5 - 0.9|) / 6
+    assert ev.score(proba, pd.DataFrame({"label": np.array(["a", "b"])[actual],
+                                         "track_id": [str(i) for i in range(6)]}),
+                    ["a", "b"], {str(i): {"a"} for i in range(6)},
+                    np.zeros(6, bool))["ece"] == pytest.approx(2.4 / 6, abs=1e-5)

@@ -163,3 +163,35 @@ def test_accuracy_curve_sums_probabilities_per_class_and_skips_what_does_not_nes
     curves = taxonomy.accuracy_curves(merged_proba, merged_test, ["a", "b", "cd"], report, study)
     assert list(curves["learned"]["classes"]) == [2]
     assert list(curves["study"]["classes"]) == [3]
+
+
+HIERARCHY = {  # 5 genres: a+b, then c+d, then (a,b)+(c,d); e stays alone
+    "genres": ["a", "b", "c", "d", "e"],
+    "merges": [{"classes_after": 4, "rows_gained": 9, "merged": [["a"], ["b"]]},
+               {"classes_after": 3, "rows_gained": 5, "merged": [["c"], ["d"]]},
+               {"classes_after": 2, "rows_gained": 1, "merged": [["a", "b"], ["c", "d"]]}],
+}
+
+
+def test_level_fold_sums_genre_probabilities_into_each_class():
+    rng = np.random.default_rng(0)
+    proba = rng.dirichlet(np.ones(5), 20)
+    names, fold = taxonomy.level_fold(HIERARCHY, HIERARCHY["genres"], 3)
+    assert names == ["a/b", "c/d", "e"]
+    coarse = proba @ fold
+    assert np.allclose(coarse.sum(axis=1), 1.0)
+    assert np.allclose(coarse[:, 0], proba[:, 0] + proba[:, 1])
+    assert np.allclose(coarse[:, 1], proba[:, 2] + proba[:, 3])
+    names, fold = taxonomy.level_fold(HIERARCHY, ["a/b", "c", "d", "e"], 2)  # a merged model
+    assert names == ["a/b/c/d", "e"] and fold.tolist() == [[1, 0], [1, 0], [1, 0], [0, 1]]
+
+
+@pytest.mark.parametrize("classes, level, message", [
+    (["a", "b", "c", "d", "e"], 1, "--level 1: the model's genre hierarchy has 2 to 5 classes"),
+    (["a", "b", "c", "d", "e"], 6, "--level 6: the model's genre hierarchy has 2 to 5 classes"),
+    (["a/b", "c/d", "e"], 4, "--level 4: more than the model's 3 classes"),
+    (["x", "y"], 2, "not from its genre hierarchy (x, y)"),
+])
+def test_impossible_levels_are_one_clear_error(classes, level, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        taxonomy.level_fold(HIERARCHY, classes, level)
