@@ -79,6 +79,22 @@ def test_the_readme_results_table_is_bench_table_summary():
     assert len(rows) <= 10
 
 
+def test_the_head_rows_of_the_full_results_table_are_bench_tables():
+    """docs/results.md's HEAD rows are `python -m bench.table HEAD` (the experiments' rows
+    come from runs that live in one machine's DVC experiment refs)."""
+    from bench import table
+
+    try:
+        rows = table.rows_of("HEAD", "HEAD")
+    except (RuntimeError, FileNotFoundError) as exc:
+        pytest.skip(f"HEAD's committed reports are not readable here: {exc}")
+    rows.sort(key=lambda r: r["family"])
+    expected = table.markdown(rows).splitlines()[2:]
+    shown = [line for line in (REPO / "docs/results.md").read_text().splitlines()
+             if line.startswith("| HEAD |")]
+    assert shown == expected
+
+
 # --- every `dvc exp run` command ----------------------------------------------------------
 
 @dataclass(frozen=True)
