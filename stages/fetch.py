@@ -2,10 +2,13 @@
 
 The source is param ``fetch.url``; the environment variable SPOTIFY_TRACKS_URL
 overrides it (a local copy, say). Either may be an http(s) URL, a file:// URL or a
-plain path, to a plain or gzip-compressed CSV. Whatever the source, the decompressed
-bytes must have the sha256 in param ``fetch.sha256`` (pinned to the published file),
-so DVC's record of the data holds even when the override is used. Nothing is
-written unless the data is valid.
+plain path, to a plain or gzip-compressed CSV. Whatever the source, the parsed table
+must have the content hash in param ``fetch.content_sha256`` (pinned to the published
+data), so DVC's record of the data holds even when the override is used. The content
+hash is the sha256 of the table in a canonical text form (``canonical_table``), so
+the same rows spelled another way (CRLF, a BOM, quoted fields, ``1e-06`` for
+``1.0e-6``, ``FALSE`` for ``False``) pass; param ``fetch.sha256``, when set, also pins
+the exact bytes. Nothing is written unless the data is valid.
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ import pandas as pd
 
 from stages.common import (
     FEATURES,
+    GENRE_COLUMN,
+    ID_COLUMN,
     INDEX_COLUMN,
     NUMERIC_COLUMNS,
     RAW_COLUMNS,
     RAW_CSV,
     REPORTS_DIR,
+    TEXT_COLUMNS,
     UserError,
     atomic_path,
     cli,
@@ -40,6 +46,9 @@ from stages.common import (
 from stages.params import load_section
 
 ENV_OVERRIDE = "SPOTIFY_TRACKS_URL"
+STRING_COLUMNS = [ID_COLUMN, *TEXT_COLUMNS, GENRE_COLUMN]
+BOOLEAN_TEXT = {"true": "True", "1": "True", "1.0": "True",
+                "false": "False", "0": "False", "0.0": "False"}
 TIMEOUT_S = 60
 RETRIES = 3
 CHUNK = 1 << 16
@@ -125,7 +134,9 @@ def decode(raw: bytes, source: str) -> bytes:
 def parse_tracks(csv_bytes: bytes, source: str) -> pd.DataFrame:
     """Parse and validate the CSV: expected columns, numeric cells, at least one row."""
     try:
-        frame = pd.read_csv(io.BytesIO(csv_bytes), low_memory=False)
+        # text columns stay text, whatever they look like (a track named 1999)
+        frame = pd.read_csv(io.BytesIO(csv_bytes), low_memory=False,
+                            dtype={c: str for c in STRING_COLUMNS})
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{source}: not a readable CSV ({first})") from None
@@ -162,7 +173,7 @@ def _check_numeric(column: pd.Series, name: str, source: str) -> None:
 def _check_boolean(column: pd.Series, source: str) -> None:
     if pd.api.types.is_bool_dtype(column):
         return
-    allowed = {"true", "false", "0", "1", "1.0", "0.0"}
+    allowed = set(BOOLEAN_TEXT)
     text = column.astype(str).str.strip().str.lower()
     bad = ~text.isin(allowed) & column.notna()
     if bad.any():
@@ -183,7 +194,35 @@ def provenance_name(source: str) -> str:
     return _local_path(source).name
 
 
+def canonical_table(frame: pd.DataFrame) -> bytes:
+    """The table as text that depends on its content only, not on how the CSV spelled it.
+
+    Columns in a fixed order (the schema's, then any others by name); numbers as the
+    repr of their float64 value (1e-06, 1.0e-6 and 0.000001 are one number), explicit as
+    True/False, text as is, missing cells empty; one LF-terminated line per row, in the
+    file's order (the rows' order is content: the index column records it).
+    """
+    extra = sorted(c for c in frame.columns if c not in RAW_COLUMNS)
+    canonical = {}
+    for column in [*RAW_COLUMNS, *extra]:
+        values = frame[column]
+        if column in (INDEX_COLUMN, *NUMERIC_COLUMNS):
+            numbers = pd.to_numeric(values).astype("float64")
+            text = pd.Series([repr(x) for x in numbers.tolist()], index=values.index)
+        elif column == "explicit":
+            text = values.astype(str).str.strip().str.lower().map(BOOLEAN_TEXT)
+        else:
+            text = values.astype(str)
+        canonical[column] = text.where(values.notna(), "")
+    return pd.DataFrame(canonical).to_csv(index=False, lineterminator="\n").encode()
+
+
+def content_sha256(frame: pd.DataFrame) -> str:
+    return hashlib.sha256(canonical_table(frame)).hexdigest()
+
+
 def check_sha256(digest: str, expected: str | None, source: str) -> None:
+    """The optional byte pin (param fetch.sha256): the decompressed file, byte for byte."""
     if expected and digest != expected.lower():
         raise UserError(
             f"{source}: sha256 mismatch: expected {expected.lower()} (fetch.sha256), got {digest}; "
@@ -191,18 +230,35 @@ def check_sha256(digest: str, expected: str | None, source: str) -> None:
         )
 
 
-def fetch(source: str, expected_sha256: str | None, out_csv: Path, out_report: Path,
+def check_content_sha256(digest: str, expected: str | None, byte_digest: str,
+                         source: str) -> None:
+    """The content pin (param fetch.content_sha256): refuses other rows or values only."""
+    if expected and digest != expected.lower():
+        raise UserError(
+            f"{source}: content mismatch: the table's content sha256 is {digest}, expected "
+            f"{expected.lower()} (fetch.content_sha256); the file's bytes have sha256 "
+            f"{byte_digest}; to use this file on purpose: "
+            f"dvc exp run -S fetch.content_sha256={digest}"
+        )
+
+
+def fetch(source: str, out_csv: Path, out_report: Path, *,
+          content_sha256_pin: str | None = None, sha256_pin: str | None = None,
           **read_kwargs) -> dict:
     raw = read_source(source, **read_kwargs)
     csv_bytes = decode(raw, source)
     digest = hashlib.sha256(csv_bytes).hexdigest()
-    check_sha256(digest, expected_sha256, source)
+    check_sha256(digest, sha256_pin, source)
     frame = parse_tracks(csv_bytes, source)
+    content_digest = content_sha256(frame)
+    check_content_sha256(content_digest, content_sha256_pin, digest, source)
     with atomic_path(out_csv) as tmp:
         tmp.write_bytes(csv_bytes)
     report = {
         "source": provenance_name(source),
-        "sha256_pinned": bool(expected_sha256),
+        "content_sha256_pinned": bool(content_sha256_pin),
+        "content_sha256": content_digest,
+        "sha256_pinned": bool(sha256_pin),
         "sha256": digest,
         "bytes": len(csv_bytes),
         "rows": int(len(frame)),
@@ -221,10 +277,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_section("fetch")
     source = resolve_source(params.url)
-    report = fetch(source, params.sha256, args.out, args.report)
-    checked = "matches fetch.sha256" if report["sha256_pinned"] else "fetch.sha256 not set"
-    print(f"fetch: {report['rows']} rows, {report['bytes']} bytes, sha256 {report['sha256']} "
-          f"({checked}) from {source}")
+    report = fetch(source, args.out, args.report, content_sha256_pin=params.content_sha256,
+                   sha256_pin=params.sha256)
+    checked = [f"{name} {'matches' if report[f'{param}_pinned'] else 'not pinned'}"
+               for name, param in (("content", "content_sha256"), ("bytes", "sha256"))]
+    print(f"fetch: {report['rows']} rows, {report['bytes']} bytes, "
+          f"content sha256 {report['content_sha256']}, sha256 {report['sha256']} "
+          f"({', '.join(checked)}) from {source}")
 
 
 if __name__ == "__main__":

@@ -25,9 +25,15 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+
+
 class FetchParams(Section):
     url: str = Field(min_length=1)
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    # sha256 of the parsed table in a canonical form (stages.fetch.canonical_table): the
+    # same rows in another spelling (CRLF, BOM, quoting, float spelling) share it
+    content_sha256: Sha256 | None = None
+    sha256: Sha256 | None = None  # optional: also pin the decompressed file's exact bytes
 
 
 class SplitParams(Section):

@@ -119,8 +119,8 @@ def reproduced_repo(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     csv = write_tracks_csv(make_tracks(rows_per_genre=80), root / "tracks.csv.gz")
     repo = copy_repo(root / "repo")
-    # synthetic data is another file on purpose: unpin the published file's hash
-    set_params(repo, {**TINY_TRAINING, "fetch": {"sha256": None}})
+    # synthetic data is another table on purpose: unpin the published data's hashes
+    set_params(repo, {**TINY_TRAINING, "fetch": {"content_sha256": None, "sha256": None}})
     commit_all(repo, "tiny params, synthetic data")
     env = {"SPOTIFY_TRACKS_URL": str(csv)}
     result = run_cmd(["dvc", "repro"], repo, env)

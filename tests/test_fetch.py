@@ -1,3 +1,4 @@
+import csv
 import gzip
 import hashlib
 import http.server
@@ -6,16 +7,19 @@ import subprocess
 import sys
 import threading
 
+import io
+
 import pytest
 
 from stages import fetch as fetch_stage
-from stages.common import UserError
+from stages.common import RAW_COLUMNS, UserError
 from tests.conftest import REPO, make_tracks, write_tracks_csv
 
 
-def run_fetch(source, tmp_path, sha=None):
+def run_fetch(source, tmp_path, sha=None, content=None):
     out, metrics = tmp_path / "out" / "tracks.csv", tmp_path / "out" / "fetch.json"
-    report = fetch_stage.fetch(str(source), sha, out, metrics, retries=2, backoff=0, timeout=5)
+    report = fetch_stage.fetch(str(source), out, metrics, sha256_pin=sha, content_sha256_pin=content,
+                               retries=2, backoff=0, timeout=5)
     return out, metrics, report
 
 
@@ -28,6 +32,8 @@ def test_plain_csv_is_copied_byte_for_byte_with_metrics(tmp_path, tracks_csv, tr
     assert saved["bytes"] == tracks_csv.stat().st_size
     # a local copy is recorded by its base name: no path of this machine in a committed file
     assert saved["source"] == "tracks.csv" and saved["sha256_pinned"] is False
+    assert saved["content_sha256_pinned"] is False
+    assert saved["content_sha256"] == fetch_stage.content_sha256(tracks_frame_of(tracks_csv))
 
 
 def test_provenance_names_carry_no_local_path_or_credentials():
@@ -62,13 +68,16 @@ def test_sha256_param_is_checked(tmp_path, tracks_csv):
     assert not (tmp_path / "b" / "out").exists()
 
 
-def test_the_default_params_pin_the_published_file(monkeypatch):
+def test_the_default_params_pin_the_published_content(monkeypatch):
     from stages.params import load_section
 
     monkeypatch.chdir(REPO)
-    pinned = load_section("fetch").sha256
-    # SHA-256 of the decompressed published CSV (see README, "The data")
-    assert pinned == "b202fa49909b2d5cef71a04b1d21243cfeb36414535f2ca9272aa646721177bd"
+    pinned = load_section("fetch")
+    # content hash of the published table (docs/data.md); the bytes are not pinned, so a
+    # re-saved copy with the same rows (CRLF, BOM, quoting, float spelling) is accepted
+    assert pinned.content_sha256 == \
+        "578064a97fee5ea88d4425a881b9aaead060870907ed26292a7655027b83cea1"
+    assert pinned.sha256 is None
 
 
 def test_every_source_must_match_the_pinned_hash(tmp_path, tracks, http_root):
@@ -76,10 +85,116 @@ def test_every_source_must_match_the_pinned_hash(tmp_path, tracks, http_root):
     root, base = http_root
     gz = write_tracks_csv(tracks, root / "dataset.csv.gz")
     good = hashlib.sha256(gzip.decompress(gz.read_bytes())).hexdigest()
+    content = fetch_stage.content_sha256(tracks_frame_of(gz))
     for i, source in enumerate([str(gz), gz.as_uri(), f"{base}/dataset.csv.gz"]):
-        run_fetch(source, tmp_path / f"ok{i}", sha=good)
+        run_fetch(source, tmp_path / f"ok{i}", sha=good, content=content)
         with pytest.raises(UserError, match=f"expected {'1' * 64} \\(fetch.sha256\\), got {good}"):
             run_fetch(source, tmp_path / f"bad{i}", sha="1" * 64)
+        with pytest.raises(UserError, match=f"content sha256 is {content}, expected {'1' * 64} "
+                           "\\(fetch.content_sha256\\)"):
+            run_fetch(source, tmp_path / f"bad-content{i}", content="1" * 64)
+
+
+def tracks_frame_of(path):
+    """The parsed table of a CSV file (gzip or not), as fetch parses it."""
+    return fetch_stage.parse_tracks(fetch_stage.decode(path.read_bytes(), str(path)), str(path))
+
+
+def _as_published(frame):
+    body = frame.drop(columns=["Unnamed: 0"])
+    body.index = frame["Unnamed: 0"].to_numpy()
+    return body
+
+
+def _respell_floats(csv_bytes: bytes) -> bytes:
+    """Every float another way: 0.5 -> 5.0e-1, 1e-06 -> 1.0e-6 (same float64 values)."""
+    rows = list(csv.reader(io.StringIO(csv_bytes.decode())))
+    floats = {i for i, name in enumerate(rows[0]) if name in FLOAT_COLUMNS}
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(rows[0])
+    for row in rows[1:]:
+        writer.writerow([f"{float(v):.16e}" if i in floats and v else v
+                         for i, v in enumerate(row)])
+    return out.getvalue().encode()
+
+
+FLOAT_COLUMNS = ("danceability", "energy", "loudness", "speechiness", "acousticness",
+                 "instrumentalness", "liveness", "valence", "tempo")
+
+SAME_CONTENT = {  # what a spreadsheet or another CSV writer does to the same rows
+    "CRLF line ends": lambda csv_bytes: csv_bytes.replace(b"\n", b"\r\n"),
+    "a UTF-8 BOM": lambda csv_bytes: b"\xef\xbb\xbf" + csv_bytes,
+    "every field quoted": lambda csv_bytes: _as_published(make_tracks()).to_csv(
+        quoting=csv.QUOTE_ALL).encode(),
+    "floats spelled 1.0e-6": _respell_floats,
+    "booleans spelled FALSE/TRUE": lambda csv_bytes: csv_bytes.replace(b",False,", b",FALSE,")
+    .replace(b",True,", b",TRUE,"),
+    "all of them": lambda csv_bytes: b"\xef\xbb\xbf" + _respell_floats(csv_bytes).replace(
+        b",False,", b",FALSE,").replace(b"\n", b"\r\n"),
+}
+
+
+@pytest.mark.parametrize("kind", SAME_CONTENT)
+def test_the_same_rows_spelled_otherwise_pass_the_content_pin(tmp_path, tracks_csv, kind):
+    original = tracks_csv.read_bytes()
+    pinned = fetch_stage.content_sha256(tracks_frame_of(tracks_csv))
+    respelled = SAME_CONTENT[kind](original)
+    assert respelled != original  # the bytes differ, so a byte pin would refuse it
+    copy = tmp_path / "respelled.csv"
+    copy.write_bytes(respelled)
+    out, _, report = run_fetch(copy, tmp_path, content=pinned)
+    assert report["content_sha256"] == pinned and report["content_sha256_pinned"] is True
+    assert report["sha256"] == hashlib.sha256(respelled).hexdigest() != \
+        hashlib.sha256(original).hexdigest()
+    assert out.read_bytes() == respelled  # the file as published, not rewritten
+
+
+def _changed_value(frame):
+    frame.loc[10, "tempo"] = frame.loc[10, "tempo"] + 0.001
+    return frame
+
+
+def _changed_label(frame):
+    frame.loc[10, "track_genre"] = "blues" if frame.loc[10, "track_genre"] != "blues" else "chill"
+    return frame
+
+
+OTHER_CONTENT = {
+    "one changed value": _changed_value,
+    "one dropped row": lambda frame: frame.drop(index=10),
+    "one changed label": _changed_label,
+}
+
+
+@pytest.mark.parametrize("kind", OTHER_CONTENT)
+def test_other_content_fails_the_pin_naming_both_hashes(tmp_path, tracks_csv, kind):
+    pinned = fetch_stage.content_sha256(tracks_frame_of(tracks_csv))
+    changed = write_tracks_csv(OTHER_CONTENT[kind](make_tracks()), tmp_path / "changed.csv")
+    actual = fetch_stage.content_sha256(tracks_frame_of(changed))
+    assert actual != pinned
+    with pytest.raises(UserError) as excinfo:
+        run_fetch(changed, tmp_path, content=pinned)
+    byte_digest = hashlib.sha256(changed.read_bytes()).hexdigest()
+    # one line: both content hashes, the param, how to accept the file, the byte hash too
+    assert str(excinfo.value) == (
+        f"{changed}: content mismatch: the table's content sha256 is {actual}, expected "
+        f"{pinned} (fetch.content_sha256); the file's bytes have sha256 {byte_digest}; "
+        f"to use this file on purpose: dvc exp run -S fetch.content_sha256={actual}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_canonical_form_is_one_line_per_row_in_schema_order(tracks_csv, tracks):
+    frame = tracks_frame_of(tracks_csv)
+    text = fetch_stage.canonical_table(frame[list(reversed(frame.columns))]).decode()
+    lines = text.split("\n")
+    assert lines[0] == ",".join(RAW_COLUMNS) and lines[-1] == ""
+    assert len(lines) == len(tracks) + 2 and "\r" not in text
+    first = dict(zip(RAW_COLUMNS, next(csv.reader([lines[1]]))))
+    assert first["Unnamed: 0"] == "0.0" and first["explicit"] in ("True", "False")
+    assert first["tempo"] == repr(float(tracks.loc[0, "tempo"]))
+    na_line = next(csv.reader([lines[len(tracks)]]))  # make_tracks' last row lacks artists
+    assert na_line[RAW_COLUMNS.index("artists")] == ""
 
 
 @pytest.fixture

@@ -70,6 +70,8 @@ def test_train_stops_on_a_bad_feature_set_with_one_line(tmp_path):
     ("mlp", {"epochs": 0}, "mlp.epochs = 0: Input should be greater than or equal to 1"),
     ("lstm", {"variant": "gru"}, "lstm.variant = 'gru': Input should be"),
     ("fetch", {"url": "x", "sha256": "abc"}, "fetch.sha256 = 'abc': String should match pattern"),
+    ("fetch", {"url": "x", "content_sha256": "abc"},
+     "fetch.content_sha256 = 'abc': String should match pattern"),
     ("split", [1, 2], "split: must be a mapping"),
     ("merge_genres", {"strategy": "auto"},
      "merge_genres.strategy = 'auto': Input should be 'none', 'study' or 'learned'"),

@@ -20,10 +20,12 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def clean_frame(tmp_path_factory):
     out = tmp_path_factory.mktemp("real")
-    pinned = load_section("fetch", REPO / "params.yaml").sha256
-    # the real file matches the hash params.yaml pins (what every fetch checks)
-    report = fetch.fetch(real_data_url(), pinned, out / "tracks.csv", out / "fetch.json")
-    assert report["rows"] == 114_000 and report["sha256"] == pinned
+    pinned = load_section("fetch", REPO / "params.yaml")
+    # the real file matches the content hash params.yaml pins (what every fetch checks)
+    report = fetch.fetch(real_data_url(), out / "tracks.csv", out / "fetch.json",
+                         content_sha256_pin=pinned.content_sha256, sha256_pin=pinned.sha256)
+    assert report["rows"] == 114_000 and report["content_sha256"] == pinned.content_sha256
+    assert report["content_sha256_pinned"]
     frame, counts = split.clean(split.read_raw(out / "tracks.csv"))
     return frame, counts
 
@@ -95,7 +97,7 @@ def test_whole_pipeline_on_real_data_with_few_epochs(tmp_path):
         assert len(pd.read_parquet(repo / f"data/labeled/{name}.parquet")) == \
             data["splits"][name]["rows"]
     provenance = json.loads((repo / "reports/fetch.json").read_text())
-    assert provenance["sha256_pinned"] and "/" not in provenance["source"]
+    assert provenance["content_sha256_pinned"] and "/" not in provenance["source"]
     for path in ("plots/confusion.png", "plots/per_genre.csv", "plots/top_confusions.csv",
                  "models/genre-classifier.keras", "reports/published.json"):
         assert (repo / path).is_file(), path
