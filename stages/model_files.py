@@ -63,7 +63,7 @@ def read_features(path: Path) -> list[str]:
     if path.suffix == TREE_SUFFIX:
         from stages import trees  # noqa: PLC0415
 
-        return trees.load(path)[2]
+        return trees.load(path, compiled=False)[2]  # the list only: no walk probe
     try:
         with zipfile.ZipFile(path) as archive:
             return _features_in(archive)

@@ -24,7 +24,7 @@ from stages.common import (
     write_json,
 )
 from stages.model_files import family_file
-from stages.params import TREES, load_feature_set, load_section
+from stages.params import TREES, check_fits_features, load_feature_set, load_section
 
 
 def train(family: str, params, train_frame, val_frame, classes: list[str],
@@ -46,6 +46,7 @@ def train(family: str, params, train_frame, val_frame, classes: list[str],
         "val_accuracy": round(float((val_proba.argmax(axis=1) == y_val).mean()), 5),
         "trees": int(model.n_trees),
         "train_seconds": round(seconds, 1),
+        "sklearn_version": model.sklearn_version,  # recorded in the model file too
     }
     return model, summary
 
@@ -58,7 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("family", choices=TREES)
     args = parser.parse_args(argv)
     params = load_section(args.family)
-    features = FEATURE_SETS[load_feature_set()]
+    feature_set = load_feature_set()
+    check_fits_features(args.family, params, feature_set)  # before reading data or fitting
+    features = FEATURE_SETS[feature_set]
     classes = read_classes()
     model, summary = train(args.family, params, read_labeled("train"), read_labeled("val"),
                            classes, features)
