@@ -63,7 +63,7 @@ def read_features(path: Path) -> list[str]:
     if path.suffix == TREE_SUFFIX:
         from stages import trees  # noqa: PLC0415
 
-        return trees.load(path, compiled=False)[2]  # the list only: no walk probe
+        return trees.load(path)[2]
     try:
         with zipfile.ZipFile(path) as archive:
             return _features_in(archive)

@@ -118,8 +118,7 @@ class ForestParams(Section):
     """scikit-learn RandomForestClassifier (bootstrap rows, gini)."""
 
     n_estimators: int = Field(200, ge=1)
-    # features tried per split; 3 = sqrt(15); at most the feature set's size (check_fits_features)
-    max_features: int = Field(3, ge=1, le=15)
+    max_features: int = Field(3, ge=1, le=15)  # features tried per split; 3 = sqrt(15)
     min_samples_leaf: int = Field(2, ge=1)
     seed: int = Field(42, ge=0)
 
@@ -205,14 +204,6 @@ def load_model_name(path: Path = PARAMS_FILE) -> str:
     if name not in NETWORKS:
         raise UserError(f"{path}: model = {name!r}: must be one of {', '.join(NETWORKS)}")
     return name
-
-
-def check_fits_features(section: str, params, feature_set: str, path: Path = PARAMS_FILE) -> None:
-    """Params that must fit the feature set (param `features`): checked before any fitting."""
-    width = len(FEATURE_SETS[feature_set])
-    if section == "forest" and params.max_features > width:
-        raise UserError(f"{path}: forest.max_features = {params.max_features}: more than the "
-                        f"{width} features of features = {feature_set} (at most {width})")
 
 
 def load_feature_set(path: Path = PARAMS_FILE) -> str:

@@ -516,7 +516,7 @@ def test_unsigned_indices_beyond_int64_are_refused(data, tmp_path):
 
 
 def test_max_features_must_fit_the_feature_set():
-    from stages.params import check_fits_features
+    from stages.train_trees import check_fits_features
 
     check_fits_features("forest", ForestParams(max_features=15), "all")
     check_fits_features("forest", ForestParams(max_features=13), "audio")
