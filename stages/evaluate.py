@@ -32,6 +32,7 @@ from stages.common import (
 )
 from stages.calibration import ECE_BINS, reliability
 from stages.params import FAMILIES
+from stages.ranking import top_class, top_k_hits
 
 # what metrics/test.json keeps of each family (the full set goes to the report)
 HEADLINE = ("accuracy", "top5", "macro_f1", "ece")
@@ -41,9 +42,9 @@ HEADLINE = ("accuracy", "top5", "macro_f1", "ece")
 
 
 def top_k_accuracy(y_true: np.ndarray, proba: np.ndarray, k: int) -> float:
-    k = min(k, proba.shape[1])
-    top = np.argpartition(-proba, k - 1, axis=1)[:, :k]
-    return float((top == y_true[:, None]).any(axis=1).mean())
+    """Share of rows whose class is among the k that predict would answer (same tie rule)."""
+    hits = top_k_hits(y_true, proba, k)
+    return float(hits.mean()) if hits.size else 0.0
 
 
 def labels_per_track(frames: list[pd.DataFrame]) -> dict[str, set[str]]:
@@ -110,7 +111,7 @@ def score(proba: np.ndarray, test: pd.DataFrame, classes: list[str],
           track_labels: dict[str, set[str]], seen: np.ndarray) -> dict:
     """One model's test metrics; ``seen`` marks test rows whose features occur in train."""
     actual = label_indices(test, classes)
-    predicted = proba.argmax(axis=1)
+    predicted = top_class(proba)
     labels = np.arange(len(classes))
     right = predicted == actual
     clipped = np.clip(proba, 1e-7, 1.0)

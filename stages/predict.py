@@ -42,6 +42,7 @@ from stages.common import (
 )
 from stages.model_files import family_file
 from stages.params import FAMILIES
+from stages.ranking import top_k_classes  # the tie rule evaluate counts with
 
 # the MLP on the 13 audio features, trained by stage train_audio whatever `features` says
 AUDIO_NAME = "genre-classifier-audio"
@@ -209,25 +210,6 @@ def parse_features(records: Records,
     problems.sort(key=lambda item: item[0])
     usable = np.flatnonzero(~bad.any(axis=1))
     return values[usable].astype("float32"), usable, [message for _, message in problems]
-
-
-def top_k_classes(proba: np.ndarray, k: int) -> np.ndarray:
-    """Each row's k most probable class indices, best first, ties to the lower index
-    (what a stable argsort gives)."""
-    n = proba.shape[1]
-    if k >= n:
-        return np.argsort(-proba, axis=1, kind="stable")
-    # Partition first: fully sorting 114 classes per row costs about half the model's time.
-    part = np.argpartition(-proba, (k - 1, k), axis=1)
-    top = np.sort(part[:, :k], axis=1)  # index order, so the stable sort below keeps ties by index
-    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(proba, top, axis=1), axis=1,
-                                             kind="stable"), axis=1)
-    # a tie between the k-th and (k+1)-th class: which one is in depends on the index
-    kth, next_ = (np.take_along_axis(proba, part[:, i:i + 1], axis=1)[:, 0] for i in (k - 1, k))
-    tied = np.flatnonzero(kth == next_)
-    if tied.size:
-        top[tied] = np.argsort(-proba[tied], axis=1, kind="stable")[:, :k]
-    return top
 
 
 def top_k_table(proba: np.ndarray, classes: list[str], k: int) -> pd.DataFrame:

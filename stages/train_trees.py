@@ -17,6 +17,7 @@ import time
 from stages.common import (
     FEATURE_SETS,
     REPORTS_DIR,
+    UserError,
     cli,
     label_indices,
     read_classes,
@@ -24,7 +25,16 @@ from stages.common import (
     write_json,
 )
 from stages.model_files import family_file
-from stages.params import TREES, load_feature_set, load_section
+from stages.params import PARAMS_FILE, TREES, load_feature_set, load_section
+
+
+def check_fits_features(family: str, params, feature_set: str, path=PARAMS_FILE) -> None:
+    """Params that must fit the feature set (param `features`): checked before any fitting,
+    where scikit-learn would otherwise fail with a traceback."""
+    width = len(FEATURE_SETS[feature_set])
+    if family == "forest" and params.max_features > width:
+        raise UserError(f"{path}: forest.max_features = {params.max_features}: more than the "
+                        f"{width} features of features = {feature_set} (at most {width})")
 
 
 def train(family: str, params, train_frame, val_frame, classes: list[str],
@@ -46,6 +56,7 @@ def train(family: str, params, train_frame, val_frame, classes: list[str],
         "val_accuracy": round(float((val_proba.argmax(axis=1) == y_val).mean()), 5),
         "trees": int(model.n_trees),
         "train_seconds": round(seconds, 1),
+        "sklearn_version": model.sklearn_version,  # recorded in the model file too
     }
     return model, summary
 
@@ -58,7 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("family", choices=TREES)
     args = parser.parse_args(argv)
     params = load_section(args.family)
-    features = FEATURE_SETS[load_feature_set()]
+    feature_set = load_feature_set()
+    check_fits_features(args.family, params, feature_set)  # before reading data or fitting
+    features = FEATURE_SETS[feature_set]
     classes = read_classes()
     model, summary = train(args.family, params, read_labeled("train"), read_labeled("val"),
                            classes, features)

@@ -20,8 +20,18 @@ children as offsets from the node, and where a NaN goes. Leaves differ:
   on top of a per-class baseline, then softmax (as scikit-learn does).
 
 The trees are walked by scikit-learn's compiled HistGradientBoosting tree walk
-(fed only arrays that passed the checks) or, where that private function is
-missing, by numpy; both reach the same leaves.
+(fed only arrays that passed the checks) or by numpy; both reach the same
+leaves. The compiled walk is private scikit-learn code, so it is trusted only
+after it has answered a few probe rows (built from the model's own thresholds,
+NaN included) exactly as the numpy walk does; any failure of it (missing,
+changed signature or record layout, any exception, a different answer) means the
+numpy walk. The file records the scikit-learn version that fitted the model.
+
+Two optional entries travel with a model: ``ranges`` (each feature's training
+min and max, for plausibility checks on input) and ``temperature`` (T > 0,
+default 1): boosting divides its raw scores by T before the softmax, the forest
+raises its probabilities to 1/T and renormalises (zeros stay zero). T = 1 leaves
+the output bit for bit as it was; no T changes which class is most probable.
 
 Every predictor takes the 15 raw feature values, float32, shape (n, 15), in
 ``stages.common.FEATURES`` order, and returns probabilities (n, n_classes).
@@ -29,6 +39,8 @@ Every predictor takes the 15 raw feature values, float32, shape (n, 15), in
 
 from __future__ import annotations
 
+import math
+import sys
 import zipfile
 from pathlib import Path
 
@@ -94,12 +106,18 @@ def _concat(parts: list[dict[str, np.ndarray]], keys) -> dict[str, np.ndarray]:
     return arrays
 
 
+# the fields of scikit-learn's predictor records that the compiled walk reads or we fill
+RECORD_FIELDS = ("value", "feature_idx", "num_threshold", "missing_go_to_left", "left", "right",
+                 "is_leaf")
+PROBE_ROWS = 8  # probe rows spread over each feature's thresholds (plus two with NaN)
+
+
 def _compiled_walk():
     """scikit-learn's compiled walk of one HistGradientBoosting tree, or None.
 
     A private scikit-learn function (pinned version): called only with node
-    arrays that load() has checked, and only for speed; the numpy walk gives
-    the same leaves (tests compare the two).
+    arrays that load() has checked, only for speed, and only once it has
+    matched the numpy walk on probe rows (_Trees._check_walk).
     """
     try:
         from sklearn.ensemble._hist_gradient_boosting._predictor import (  # noqa: PLC0415
@@ -108,9 +126,19 @@ def _compiled_walk():
         from sklearn.ensemble._hist_gradient_boosting.common import (  # noqa: PLC0415
             PREDICTOR_RECORD_DTYPE,
         )
-    except ImportError:
+
+        fields = set(PREDICTOR_RECORD_DTYPE.names or ())
+    except Exception:  # noqa: BLE001 - private code: whatever breaks, numpy walks the trees
+        return None
+    if not callable(_predict_from_raw_data) or not set(RECORD_FIELDS) <= fields:
         return None
     return _predict_from_raw_data, PREDICTOR_RECORD_DTYPE
+
+
+def sklearn_version() -> str:
+    import sklearn  # noqa: PLC0415
+
+    return str(sklearn.__version__)
 
 
 class _Trees:
@@ -131,8 +159,74 @@ class _Trees:
         self.n_trees = len(tree_nodes)
         self.bounds = np.concatenate([[0], np.cumsum(tree_nodes)])  # tree t: bounds[t:t+2]
         self.is_leaf = arrays["feature"] < 0
-        self.walk = _compiled_walk() if compiled else None
+        self._setup_leaves(arrays)
+        # metadata: set by fit() or read by load(), written by save()
+        self.sklearn_version: str | None = None  # the version that fitted the trees
+        self.temperature = 1.0
+        self.ranges: dict[str, tuple[float, float]] | None = None
+        self.walk = None  # (compiled walk, record dtype) once trusted; None: the numpy walk
+        self.walk_problem: str | None = None  # why the compiled walk is not used, if it is not
         self._cache: dict = {}  # walk arrays, built on first use
+        if compiled:
+            self.use_compiled_walk()
+
+    def use_compiled_walk(self) -> bool:
+        """Switch to scikit-learn's compiled walk if it is there and answers the probe
+        rows exactly as the numpy walk does; True when it is used."""
+        walk = _compiled_walk()
+        if walk is None:
+            self._use_numpy("is not available")
+            return False
+        self.walk, self.walk_problem = walk, None
+        self._cache.clear()
+        self._check_walk()
+        return self.walk is not None
+
+    def _setup_leaves(self, arrays: dict[str, np.ndarray]) -> None:
+        """Per-family leaf arrays (before the walk check, which predicts)."""
+
+    def probe_rows(self) -> np.ndarray:
+        """A few rows that exercise the trees' own splits: each feature at one of its
+        thresholds (goes left) or just above it (goes right), spread over its thresholds,
+        then a row of NaN and a row half NaN (the missing-value routes)."""
+        inner = ~self.is_leaf
+        feature = self.arrays["feature"][inner].astype(np.int64)
+        threshold = self.arrays["threshold"][inner].astype(np.float32)
+        probe = np.zeros((PROBE_ROWS + 2, self.n_features), dtype=np.float32)
+        steps = np.arange(PROBE_ROWS)
+        for f in range(self.n_features):
+            values = np.unique(threshold[feature == f])
+            if values.size == 0:
+                continue
+            spread = (steps + f) % PROBE_ROWS  # features at different ranks in one row
+            picks = values[spread * values.size // PROBE_ROWS]
+            above = np.nextafter(picks, np.float32(np.inf))
+            probe[:PROBE_ROWS, f] = np.where((steps + f) % 2 == 0, picks, above)
+        probe[PROBE_ROWS] = np.nan
+        probe[PROBE_ROWS + 1] = np.where(np.arange(self.n_features) % 2 == 0, np.nan, probe[0])
+        return probe
+
+    def _check_walk(self) -> None:
+        """Use the compiled walk only if it answers the probe rows as the numpy walk does."""
+        probe = self.probe_rows()
+        plain = type(self)(self.arrays, self.n_classes, self.n_features, compiled=False)
+        plain.temperature = self.temperature
+        try:
+            same = np.array_equal(self._predict_rows(probe), plain._predict_rows(probe))
+        except Exception as exc:  # noqa: BLE001 - private code: any failure means numpy
+            self._use_numpy(f"failed ({type(exc).__name__}: {exc})")
+            return
+        if not same:
+            self._use_numpy("disagrees with the numpy walk on probe rows")
+
+    def _use_numpy(self, problem: str) -> None:
+        problem = " ".join(problem.split())[:200]  # one line, however the exception reads
+        self.walk = None
+        self.walk_problem = problem
+        self._cache.clear()
+        written = f", model fitted with {self.sklearn_version}" if self.sklearn_version else ""
+        print(f"note: scikit-learn {sklearn_version()}'s compiled tree walk {problem}"
+              f"{written}; using the numpy walk (same answers, slower)", file=sys.stderr)
 
     def _records(self, leaf_output: np.ndarray):
         """All nodes as scikit-learn predictor records; a leaf's value is ``leaf_output``."""
@@ -198,6 +292,14 @@ class _Trees:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"expected features of shape (n, {self.n_features}), got {x.shape}")
+        if self.walk is not None:
+            try:
+                return self._predict_rows(x)
+            except Exception as exc:  # noqa: BLE001 - private code: any failure means numpy
+                self._use_numpy(f"failed ({type(exc).__name__}: {exc})")
+        return self._predict_rows(x)
+
+    def _predict_rows(self, x: np.ndarray) -> np.ndarray:
         out = np.empty((len(x), self.n_classes), dtype=np.float64)
         rows = self._batch_rows()
         for begin in range(0, len(x), rows):
@@ -217,14 +319,16 @@ class Forest(_Trees):
 
     family = "forest"
 
-    def __init__(self, arrays, n_classes, n_features, compiled=True):
-        super().__init__(arrays, n_classes, n_features, compiled)
+    def _setup_leaves(self, arrays):
         nnz = arrays["leaf_nnz"].astype(np.int64)
         self.leaf_start = np.concatenate([[0], np.cumsum(nnz)])
         counts = arrays["leaf_count"].astype(np.float64)
         totals = np.add.reduceat(counts, self.leaf_start[:-1])
         self.leaf_value = counts / np.repeat(totals, nnz)  # as scikit-learn computes them
         self.leaf_class = arrays["leaf_class"]
+
+    def _predict_batch(self, x: np.ndarray) -> np.ndarray:
+        return _temper_fractions(super()._predict_batch(x), self.temperature)
 
     def _proba(self, leaf: np.ndarray, n_rows: int) -> np.ndarray:
         first = self.leaf_start[leaf]
@@ -243,11 +347,10 @@ class Boosting(_Trees):
 
     family = "boosting"
 
-    def __init__(self, arrays, n_classes, n_features, compiled=True):
-        super().__init__(arrays, n_classes, n_features, compiled)
+    def _setup_leaves(self, arrays):
         self.leaf_value = arrays["leaf_value"]
         self.baseline = arrays["baseline"]
-        self.rounds = self.n_trees // n_classes
+        self.rounds = self.n_trees // self.n_classes
 
     def _batch_rows(self) -> int:
         if self.walk is None:
@@ -263,7 +366,7 @@ class Boosting(_Trees):
         raw = np.zeros((len(x), self.n_classes), order="F") + self.baseline
         for t, out in self._tree_outputs(self._cache["value_records"], x):
             raw[:, t % self.n_classes] += out  # scikit-learn's order of additions
-        return _softmax(raw)
+        return _softmax(raw, self.temperature)
 
     def _proba(self, leaf: np.ndarray, n_rows: int) -> np.ndarray:
         tree_class = np.tile(np.arange(self.n_trees) % self.n_classes, n_rows)
@@ -274,14 +377,27 @@ class Boosting(_Trees):
                           weights=np.concatenate([np.tile(self.baseline, n_rows),
                                                   self.leaf_value[leaf]]),
                           minlength=n_rows * self.n_classes).reshape(n_rows, self.n_classes)
-        return _softmax(raw)
+        return _softmax(raw, self.temperature)
 
 
-def _softmax(raw: np.ndarray) -> np.ndarray:
+def _softmax(raw: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    if temperature != 1.0:  # T = 1: not even a division, so the output stays bit for bit
+        raw /= temperature
     raw -= raw.max(axis=1, keepdims=True)  # sklearn.utils.extmath.softmax's steps
     np.exp(raw, out=raw)
     raw /= raw.sum(axis=1, keepdims=True)
     return raw
+
+
+def _temper_fractions(proba: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities to the power 1/T, renormalised: zeros stay zero, the order stays."""
+    if temperature == 1.0:
+        return proba
+    # divide by the row's largest first: it becomes 1, so no row underflows to all zeros
+    proba = proba / proba.max(axis=1, keepdims=True)
+    np.power(proba, 1.0 / temperature, out=proba)
+    proba /= proba.sum(axis=1, keepdims=True)
+    return proba
 
 
 # --- fitting -------------------------------------------------------------------------------
@@ -312,6 +428,9 @@ def fit_forest(params: ForestParams, x_train, y_train, n_classes: int, n_jobs: i
     """
     from sklearn.ensemble import RandomForestClassifier  # noqa: PLC0415
 
+    if params.max_features > x_train.shape[1]:  # scikit-learn would fail mid-fit with a traceback
+        raise UserError(f"forest.max_features = {params.max_features}: more than the "
+                        f"{x_train.shape[1]} features the model is given")
     forest = RandomForestClassifier(
         n_estimators=0, max_features=params.max_features,
         min_samples_leaf=params.min_samples_leaf, random_state=params.seed, n_jobs=n_jobs,
@@ -381,31 +500,69 @@ def fit(family: str, params, x_train, y_train, x_val, y_val, n_classes: int, n_j
     if y_train.size and (y_train.min() < 0 or y_train.max() >= n_classes):
         raise UserError(f"labels must be class indices 0..{n_classes - 1}")
     if family == "forest":
-        return fit_forest(params, x_train, y_train, n_classes, n_jobs)
-    if family == "boosting":
+        model = fit_forest(params, x_train, y_train, n_classes, n_jobs)
+    elif family == "boosting":
         if x_val is None or y_val is None:
             raise ValueError("boosting needs the validation split (early stopping)")
-        return fit_boosting(params, x_train, y_train, np.asarray(x_val, dtype=np.float32),
-                            np.asarray(y_val, dtype=np.int64), n_classes, n_jobs)
-    raise UserError(f"unknown tree family {family!r}: {', '.join(TREE_FAMILIES)}")
+        model = fit_boosting(params, x_train, y_train, np.asarray(x_val, dtype=np.float32),
+                             np.asarray(y_val, dtype=np.int64), n_classes, n_jobs)
+    else:
+        raise UserError(f"unknown tree family {family!r}: {', '.join(TREE_FAMILIES)}")
+    model.sklearn_version = sklearn_version()
+    return model
 
 
 # --- files --------------------------------------------------------------------------------
 
 
-def save(model: _Trees, path: str | Path, classes: list[str], features: list[str]) -> None:
-    """Write the model, its class list and feature names as one .npz, atomically."""
+def _checked_temperature(value) -> float:
+    temperature = float(value)
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature {value!r}: must be a finite number > 0")
+    return temperature
+
+
+def _checked_ranges(ranges: dict, features: list[str]) -> dict[str, tuple[float, float]]:
+    checked = {}
+    for name, bounds in ranges.items():
+        if name not in features:
+            raise ValueError(f"ranges: {name!r} is not one of the model's features")
+        low, high = (float(b) for b in bounds)
+        if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+            raise ValueError(f"ranges: {name!r}: ({low}, {high}) is not a finite min <= max")
+        checked[str(name)] = (low, high)
+    return checked
+
+
+def save(model: _Trees, path: str | Path, classes: list[str], features: list[str],
+         ranges: dict[str, tuple[float, float]] | None = None,
+         temperature: float | None = None) -> None:
+    """Write the model, its class list and feature names as one .npz, atomically.
+
+    ``ranges`` ({feature: (training min, training max)}) and ``temperature`` (> 0)
+    are optional metadata; None keeps the model's own (none, and 1.0, for a model
+    just fitted; what the file held, for a loaded one).
+    """
     if len(classes) != model.n_classes:
         raise ValueError(f"{len(classes)} class names for a model of {model.n_classes} classes")
     if len(features) != model.n_features:
         raise ValueError(f"{len(features)} feature names for a model of {model.n_features} inputs")
+    temperature = _checked_temperature(model.temperature if temperature is None else temperature)
+    ranges = model.ranges if ranges is None else ranges
     arrays = {
         "format": np.array(FILE_FORMAT), "version": np.array(FORMAT_VERSION),
         "family": np.array(model.family),
         "classes": np.array(list(classes), dtype=str),
         "features": np.array(list(features), dtype=str),
+        "temperature": np.array(temperature, dtype=np.float64),
         **model.arrays,
     }
+    if model.sklearn_version:  # unknown only for a model read from a file without it
+        arrays["sklearn_version"] = np.array(model.sklearn_version)
+    if ranges:
+        ranges = _checked_ranges(ranges, list(features))
+        arrays["range_features"] = np.array(list(ranges), dtype=str)
+        arrays["ranges"] = np.array(list(ranges.values()), dtype=np.float64).reshape(-1, 2)
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as handle:  # a file object: np.savez would append '.npz' to a name
             np.savez_compressed(handle, **arrays)
@@ -420,6 +577,23 @@ def _scalar(arrays: dict, key: str, kind: str):
     if value is None or value.shape != () or value.dtype.kind not in kind:
         raise _Invalid(f"no {key!r} entry")
     return value.item()
+
+
+def _metadata(arrays: dict, features: list[str]) -> dict:
+    """The optional entries (absent from files written before them): defaults when absent."""
+    found = {"sklearn_version": None, "temperature": 1.0, "ranges": None}
+    if "sklearn_version" in arrays:
+        found["sklearn_version"] = str(_scalar(arrays, "sklearn_version", "U"))
+    if "temperature" in arrays:
+        found["temperature"] = _checked_temperature(_scalar(arrays, "temperature", "f"))
+    if "ranges" in arrays or "range_features" in arrays:
+        names = _names(arrays, "range_features")
+        bounds = arrays.get("ranges")
+        if (bounds is None or bounds.dtype.kind != "f" or bounds.shape != (len(names), 2)
+                or len(set(names)) != len(names)):
+            raise _Invalid("ranges do not match range_features")
+        found["ranges"] = _checked_ranges(dict(zip(names, bounds.tolist())), features)
+    return found
 
 
 def _names(arrays: dict, key: str) -> list[str]:
@@ -439,6 +613,10 @@ def _check(arrays: dict, family: str, n_classes: int, n_features: int) -> dict:
     for key in keys:
         if arrays[key].ndim != 1 or arrays[key].dtype.kind not in kinds.get(key, "iu"):
             raise _Invalid(f"{key}: {arrays[key].dtype} array of shape {arrays[key].shape}")
+        # every index is used as an int64: a larger unsigned value would wrap to a negative one
+        if arrays[key].dtype.kind == "u" and arrays[key].size \
+                and arrays[key].max() > np.iinfo(np.int64).max:
+            raise _Invalid(f"{key} out of range")
     tree_nodes = arrays["tree_nodes"].astype(np.int64)
     n_nodes = len(arrays["feature"])
     if tree_nodes.size == 0 or tree_nodes.min() < 1 or tree_nodes.sum() != n_nodes:
@@ -465,7 +643,9 @@ def _check(arrays: dict, family: str, n_classes: int, n_features: int) -> dict:
             raise _Invalid("leaf arrays do not add up")
         if len(arrays["leaf_count"]) != len(arrays["leaf_class"]):
             raise _Invalid("leaf arrays differ in length")
-        if arrays["leaf_class"].max() >= n_classes or arrays["leaf_count"].min() <= 0:
+        leaf_class = arrays["leaf_class"].astype(np.int64)
+        if leaf_class.min() < 0 or leaf_class.max() >= n_classes \
+                or arrays["leaf_count"].min() <= 0:
             raise _Invalid("leaf class or count out of range")
     else:
         if len(arrays["leaf_value"]) != n_leaves or len(arrays["baseline"]) != n_classes:
@@ -480,8 +660,12 @@ def _check(arrays: dict, family: str, n_classes: int, n_features: int) -> dict:
 FAMILY_CLASSES = {"forest": Forest, "boosting": Boosting}
 
 
-def load(path: str | Path):
-    """Read a saved model: (predictor, classes, features); UserError when it is not one."""
+def load(path: str | Path, compiled: bool = True):
+    """Read a saved model: (predictor, classes, features); UserError when it is not one.
+
+    ``compiled=False``: walk the trees with numpy only (no probe of scikit-learn's
+    compiled walk; for callers that only want the class or feature list).
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: model file not found (train it: dvc repro)")
@@ -500,7 +684,14 @@ def load(path: str | Path):
             raise _Invalid(f"unknown family {family!r}")
         classes, features = _names(arrays, "classes"), _names(arrays, "features")
         checked = _check(arrays, family, len(classes), len(features))
+        metadata = _metadata(arrays, features)
     except (_Invalid, ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise UserError(f"{path}: not a tree model saved by this project ({reason})") from None
-    return FAMILY_CLASSES[family](checked, len(classes), len(features)), classes, features
+    predictor = FAMILY_CLASSES[family](checked, len(classes), len(features), compiled=False)
+    for key, value in metadata.items():
+        setattr(predictor, key, value)
+    if compiled:
+        # probed after the version is known, so a note about a failing walk can name it
+        predictor.use_compiled_walk()
+    return predictor, classes, features

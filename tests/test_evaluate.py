@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from stages import evaluate as ev
+from stages import ranking
 from stages import publish as pub
 from stages.common import FEATURES
 
@@ -12,12 +13,54 @@ CLASSES = ["a", "b", "c"]
 
 
 def test_top_k_accuracy():
-    proba = np.array([[0.5, 0.3, 0.2], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3], [0.6, 0.3, 0.1]])
-    y = np.array([0, 0, 2, 2])
+    # four classes, so top-3 can miss (row 1's class d is last)
+    proba = np.array([[0.4, 0.3, 0.2, 0.1], [0.1, 0.3, 0.6, 0.0], [0.2, 0.5, 0.3, 0.0],
+                      [0.1, 0.2, 0.3, 0.4]])
+    y = np.array([0, 3, 2, 1])
     assert ev.top_k_accuracy(y, proba, 1) == 0.25  # only row 0
     assert ev.top_k_accuracy(y, proba, 2) == 0.5  # + row 2 (c is second)
-    assert ev.top_k_accuracy(y, proba, 3) == 1.0
+    assert ev.top_k_accuracy(y, proba, 3) == 0.75  # + row 3 (b is third); row 1's d is last
+    assert ev.top_k_accuracy(y, proba, 4) == 1.0
     assert ev.top_k_accuracy(y, proba, 10) == 1.0  # k above the class count
+    assert ev.top_k_accuracy(y[:0], proba[:0], 3) == 0.0
+
+
+def _tied_table(rows=400, classes=12, seed=3):
+    """Probabilities with many exact ties, at and across the top-k boundary."""
+    rng = np.random.default_rng(seed)
+    proba = rng.integers(0, 4, size=(rows, classes)).astype("float32")  # 4 levels: ties everywhere
+    proba[:20] = 1.0  # every class tied
+    proba /= proba.sum(axis=1, keepdims=True)
+    return proba, rng.integers(0, classes, size=rows)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_evaluate_counts_the_top_k_that_predict_answers(k):
+    from stages.predict import top_k_table
+
+    proba, y = _tied_table()
+    names = [f"genre{i}" for i in range(proba.shape[1])]
+    table = top_k_table(proba, names, k)
+    answered = table[[f"genre_{r + 1}" for r in range(k)]].to_numpy()
+    right = (answered == np.asarray(names)[y][:, None]).any(axis=1)
+    assert ev.top_k_accuracy(y, proba, k) == right.mean()
+    # the rule itself: ties go to the lower class index (a stable sort)
+    expected = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+    assert ev.top_k_accuracy(y, proba, k) == (expected == y[:, None]).any(axis=1).mean()
+    # top-1 is what score() counts as the prediction: the lower index of tied maxima
+    if k == 1:
+        np.testing.assert_array_equal(ranking.top_class(proba), expected[:, 0])
+        np.testing.assert_array_equal(answered[:, 0], np.asarray(names)[expected[:, 0]])
+
+
+def test_tie_at_the_top_k_boundary_goes_to_the_lower_index():
+    proba = np.array([[0.4, 0.2, 0.2, 0.2]])
+    # classes 1, 2, 3 tie for second: top-2 is {0, 1}, top-3 is {0, 1, 2}
+    assert ev.top_k_accuracy(np.array([1]), proba, 2) == 1.0
+    assert ev.top_k_accuracy(np.array([3]), proba, 2) == 0.0
+    assert ev.top_k_accuracy(np.array([2]), proba, 3) == 1.0
+    assert ev.top_k_accuracy(np.array([3]), proba, 3) == 0.0
+    assert ranking.top_k_classes(proba, 3).tolist() == [[0, 1, 2]]
 
 
 def _test_frame(rows):

@@ -1,6 +1,7 @@
 """Tree families: fit, save/load round trip, determinism, and files that are not models."""
 
 import pickle
+import sys
 import zipfile
 from pathlib import Path
 
@@ -303,3 +304,340 @@ def test_damaged_boosting_file(data, tmp_path):
         np.savez(tmp_path / name, **{**arrays, key: value})
         with pytest.raises(UserError, match=f"{name}: not a tree model"):
             trees.load(tmp_path / name)
+
+
+# --- the compiled walk: trusted only after it answers as the numpy walk does ---------------
+
+
+def _saved(fitted, data, tmp_path, **metadata) -> Path:
+    family, model = fitted
+    path = tmp_path / f"{family}.npz"
+    trees.save(model, path, data[-1], FEATURES, **metadata)
+    return path
+
+
+def _numpy_answer(path: Path, x: np.ndarray) -> np.ndarray:
+    return trees.load(path, compiled=False)[0].predict_proba(x)
+
+
+def _rows_with_nan(data) -> np.ndarray:
+    x = data[2].copy()
+    x[::4, 3] = np.nan
+    return x
+
+
+def test_probe_rows_take_both_sides_of_the_thresholds_and_nan(fitted):
+    _, model = fitted
+    probe = model.probe_rows()
+    assert probe.shape == (trees.PROBE_ROWS + 2, 15) and probe.dtype == np.float32
+    assert np.isnan(probe[-2]).all() and np.isnan(probe[-1]).any()
+    inner = model.arrays["feature"] >= 0
+    used = np.unique(model.arrays["feature"][inner])
+    for f in used:
+        thresholds = model.arrays["threshold"][inner & (model.arrays["feature"] == f)]
+        on = np.isin(probe[:-2, f], thresholds)
+        above = np.isin(np.nextafter(probe[:-2, f], np.float32(-np.inf)), thresholds)
+        assert on.any() and above.any() and (on | above).all(), f
+    np.testing.assert_array_equal(model.probe_rows(), probe)  # deterministic
+
+
+def test_missing_compiled_walk_means_numpy(fitted, data, tmp_path, monkeypatch, capsys):
+    path = _saved(fitted, data, tmp_path)
+    x = _rows_with_nan(data)
+    expected = _numpy_answer(path, x)
+    # the private module gone (import error), or its record layout without a field we fill
+    monkeypatch.setitem(sys.modules, "sklearn.ensemble._hist_gradient_boosting._predictor", None)
+    model = trees.load(path)[0]
+    assert model.walk is None and model.walk_problem == "is not available"
+    np.testing.assert_array_equal(model.predict_proba(x), expected)
+    monkeypatch.undo()
+    from sklearn.ensemble._hist_gradient_boosting import common
+
+    layout = [(n, t) for n, t in common.PREDICTOR_RECORD_DTYPE.descr if n != "missing_go_to_left"]
+    monkeypatch.setattr(common, "PREDICTOR_RECORD_DTYPE", np.dtype(layout))
+    assert trees._compiled_walk() is None
+    assert trees.load(path)[0].walk is None
+    assert "compiled tree walk is not available" in capsys.readouterr().err
+
+
+def _replace_walk(monkeypatch, make_walk, dtype=None):
+    real_walk, real_dtype = trees._compiled_walk()
+    monkeypatch.setattr(trees, "_compiled_walk",
+                        lambda: (make_walk(real_walk), real_dtype if dtype is None else dtype))
+
+
+def _wrong_signature(real):
+    def walk(nodes, x, bitsets, known, feature_map, out):  # one argument fewer
+        raise TypeError("walk() takes 6 positional arguments but 7 were given")
+    return walk
+
+
+def _wrong_leaves(real):
+    def walk(*args):
+        real(*args)
+        args[-1][:] = args[-1][::-1]  # a silently different answer
+    return walk
+
+
+def _fails_on_large_inputs(real):
+    def walk(nodes, x, *rest):
+        if len(x) > trees.PROBE_ROWS + 2:  # passes the probe, fails when predicting
+            raise RuntimeError("changed behaviour")
+        real(nodes, x, *rest)
+    return walk
+
+
+def _reordered_layout():
+    from sklearn.ensemble._hist_gradient_boosting.common import PREDICTOR_RECORD_DTYPE
+
+    return np.dtype(list(reversed(PREDICTOR_RECORD_DTYPE.descr)))  # same names, new layout
+
+
+@pytest.mark.parametrize("case", ["signature", "answers", "layout", "late failure"])
+def test_any_failure_of_the_compiled_walk_means_numpy(case, fitted, data, tmp_path,
+                                                      monkeypatch, capsys):
+    path = _saved(fitted, data, tmp_path)
+    x = _rows_with_nan(data)
+    expected = _numpy_answer(path, x)
+    if case == "signature":
+        _replace_walk(monkeypatch, _wrong_signature)
+    elif case == "answers":
+        _replace_walk(monkeypatch, _wrong_leaves)
+    elif case == "layout":
+        _replace_walk(monkeypatch, lambda real: real, dtype=_reordered_layout())
+    else:
+        _replace_walk(monkeypatch, _fails_on_large_inputs)
+    model = trees.load(path)[0]
+    if case == "late failure":
+        assert model.walk is not None  # the probe passed
+    else:
+        assert model.walk is None and model.walk_problem  # the loader's probe caught it
+    np.testing.assert_array_equal(model.predict_proba(x), expected)
+    assert model.walk is None
+    err = capsys.readouterr().err
+    assert err.count("using the numpy walk") == 1 and err.endswith("\n")
+
+
+def test_a_walk_that_agrees_is_used(fitted, data, tmp_path):
+    model = trees.load(_saved(fitted, data, tmp_path))[0]
+    assert model.walk is not None and model.walk_problem is None
+
+
+# --- what the file records ----------------------------------------------------------------
+
+
+def test_file_records_the_scikit_learn_version(fitted, data, tmp_path, monkeypatch):
+    import sklearn
+
+    family, model = fitted
+    assert model.sklearn_version == sklearn.__version__
+    path = _saved(fitted, data, tmp_path)
+    with np.load(path, allow_pickle=False) as archive:
+        assert archive["sklearn_version"].item() == sklearn.__version__
+    # a model from another version loads, after the probe of the compiled walk
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    np.savez(tmp_path / "other.npz", **{**arrays, "sklearn_version": np.array("0.99.0")})
+    probes = []
+    real_check = trees._Trees._check_walk
+    monkeypatch.setattr(trees._Trees, "_check_walk", lambda self: probes.append(
+        self.sklearn_version) or real_check(self))
+    loaded = trees.load(tmp_path / "other.npz")[0]
+    assert probes == ["0.99.0"] and loaded.sklearn_version == "0.99.0"
+    np.testing.assert_array_equal(loaded.predict_proba(data[2]), model.predict_proba(data[2]))
+
+
+def test_train_summary_reports_the_scikit_learn_version(data):
+    import pandas as pd
+    import sklearn
+
+    from stages import train_trees
+
+    x_train, y_train, x_val, y_val, classes = data
+    frame = lambda x, y: pd.DataFrame(x, columns=FEATURES).assign(  # noqa: E731
+        label=np.asarray(classes)[y])
+    _, summary = train_trees.train("forest", ForestParams(**TINY["forest"]),
+                                   frame(x_train, y_train), frame(x_val, y_val), classes,
+                                   FEATURES, n_jobs=1)
+    assert summary["sklearn_version"] == sklearn.__version__
+
+
+def test_files_written_before_the_metadata_still_load(fitted, data, tmp_path):
+    family, model = fitted
+    path = _saved(fitted, data, tmp_path)
+    with np.load(path, allow_pickle=False) as archive:
+        old = {k: archive[k] for k in archive.files
+               if k not in ("sklearn_version", "temperature", "ranges", "range_features")}
+    np.savez(tmp_path / "old.npz", **old)
+    loaded = trees.load(tmp_path / "old.npz")[0]
+    assert (loaded.sklearn_version, loaded.temperature, loaded.ranges) == (None, 1.0, None)
+    np.testing.assert_array_equal(loaded.predict_proba(data[2]), model.predict_proba(data[2]))
+
+
+def _with(path: Path, tmp_path: Path, name: str, **change) -> Path:
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    arrays.update(change)
+    np.savez(tmp_path / name, **arrays)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("key, value", [
+    ("leaf_class", -1), ("leaf_nnz", -1), ("leaf_count", -1), ("tree_nodes", -1),
+    ("feature", -2), ("left", -5), ("right", -(10**6)),
+])
+def test_negative_indices_give_the_one_line_error(key, value, data, tmp_path):
+    """Signed arrays in a crafted file: every index is range-checked, negative ones too."""
+    path = tmp_path / "f.npz"
+    trees.save(fit("forest", data), path, data[-1], FEATURES)
+    with np.load(path, allow_pickle=False) as archive:
+        signed = archive[key].astype(np.int64)
+        internal = np.flatnonzero(archive["feature"] >= 0)
+    signed[internal[0] if key in ("feature", "left", "right") else 0] = value
+    bad = _with(path, tmp_path, "bad.npz", **{key: signed})
+    with pytest.raises(UserError) as excinfo:
+        trees.load(bad)
+    message = str(excinfo.value)
+    assert message.startswith(f"{bad}: not a tree model saved by this project (")
+    assert message.endswith(")") and "\n" not in message
+
+
+def test_unsigned_indices_beyond_int64_are_refused(data, tmp_path):
+    path = tmp_path / "f.npz"
+    trees.save(fit("forest", data), path, data[-1], FEATURES)
+    with np.load(path, allow_pickle=False) as archive:
+        huge = archive["leaf_class"].astype(np.uint64)
+    huge[0] = np.iinfo(np.uint64).max  # -1 once read as int64
+    with pytest.raises(UserError, match="not a tree model .*leaf_class out of range"):
+        trees.load(_with(path, tmp_path, "bad.npz", leaf_class=huge))
+
+
+# --- max_features against the feature set -------------------------------------------------
+
+
+def test_max_features_must_fit_the_feature_set():
+    from stages.train_trees import check_fits_features
+
+    check_fits_features("forest", ForestParams(max_features=15), "all")
+    check_fits_features("forest", ForestParams(max_features=13), "audio")
+    with pytest.raises(UserError) as excinfo:
+        check_fits_features("forest", ForestParams(max_features=15), "audio")
+    assert str(excinfo.value) == ("params.yaml: forest.max_features = 15: more than the 13 "
+                                  "features of features = audio (at most 13)")
+
+
+def test_train_trees_refuses_max_features_before_reading_data(in_tmp_repo, capsys):
+    import yaml
+
+    from stages import train_trees
+
+    params = yaml.safe_load((in_tmp_repo / "params.yaml").read_text())
+    params["features"] = "audio"
+    params["forest"]["max_features"] = 15
+    (in_tmp_repo / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit) as excinfo:  # no data here: the check comes first
+        train_trees.main(["forest"])
+    assert excinfo.value.code == 2
+    assert capsys.readouterr().err == ("error: params.yaml: forest.max_features = 15: more than "
+                                       "the 13 features of features = audio (at most 13)\n")
+
+
+def test_fit_refuses_more_features_per_split_than_it_is_given(data):
+    x_train, y_train, x_val, y_val, classes = data
+    params = ForestParams(n_estimators=2, max_features=14)
+    with pytest.raises(UserError, match="forest.max_features = 14: more than the 13 features"):
+        trees.fit("forest", params, x_train[:, :13], y_train, None, None, len(classes))
+
+
+# --- optional metadata: feature ranges and temperature ------------------------------------
+
+RANGES = {"danceability": (0.0, 0.98), "tempo": (0.0, 243.4), "duration_ms": (8586.0, 5.2e6)}
+
+
+def test_ranges_round_trip(fitted, data, tmp_path):
+    path = _saved(fitted, data, tmp_path, ranges=RANGES)
+    loaded = trees.load(path)[0]
+    assert loaded.ranges == RANGES
+    assert trees.load(_saved(fitted, data, tmp_path))[0].ranges is None
+    # re-saved without saying: a loaded model keeps its ranges
+    trees.save(loaded, tmp_path / "again.npz", data[-1], FEATURES)
+    assert trees.load(tmp_path / "again.npz")[0].ranges == RANGES
+
+
+@pytest.mark.parametrize("ranges, match", [
+    ({"bpm": (0.0, 1.0)}, "not one of the model's features"),
+    ({"tempo": (200.0, 100.0)}, "not a finite min <= max"),
+    ({"tempo": (0.0, float("nan"))}, "not a finite min <= max"),
+])
+def test_bad_ranges_are_refused_at_save(ranges, match, fitted, data, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        _saved(fitted, data, tmp_path, ranges=ranges)
+
+
+def test_damaged_ranges_or_temperature_give_the_one_line_error(fitted, data, tmp_path):
+    path = _saved(fitted, data, tmp_path, ranges=RANGES)
+    for name, change in {
+        "shape.npz": {"ranges": np.zeros((2, 2))},
+        "names.npz": {"range_features": np.array(["tempo", "tempo", "key"])},
+        "order.npz": {"ranges": np.array([[1.0, 0.0]] * 3)},
+        "zero.npz": {"temperature": np.array(0.0)},
+        "nan.npz": {"temperature": np.array(np.nan)},
+        "text.npz": {"temperature": np.array("hot")},
+    }.items():
+        bad = _with(path, tmp_path, name, **change)
+        with pytest.raises(UserError) as excinfo:
+            trees.load(bad)
+        assert str(excinfo.value).startswith(f"{bad}: not a tree model saved by this project (")
+        assert "\n" not in str(excinfo.value)
+
+
+@pytest.mark.parametrize("temperature", [0, -1.0, float("inf"), float("nan")])
+def test_temperature_must_be_positive_and_finite(temperature, fitted, data, tmp_path):
+    with pytest.raises(ValueError, match="temperature"):
+        _saved(fitted, data, tmp_path, temperature=temperature)
+
+
+def test_temperature_one_is_bit_identical(fitted, data, tmp_path):
+    _, model = fitted
+    x = _rows_with_nan(data)
+    loaded = trees.load(_saved(fitted, data, tmp_path, temperature=1.0))[0]
+    assert loaded.temperature == 1.0
+    np.testing.assert_array_equal(loaded.predict_proba(x), model.predict_proba(x))
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0, 7.5])
+def test_temperature_softens_or_sharpens_without_changing_the_top_class(
+        temperature, fitted, data, tmp_path):
+    family, model = fitted
+    x = _rows_with_nan(data)
+    plain = model.predict_proba(x)
+    path = _saved(fitted, data, tmp_path, temperature=temperature)
+    tempered = trees.load(path)[0]
+    assert tempered.temperature == temperature and tempered.walk is not None  # probe passed
+    got = tempered.predict_proba(x)
+    # the same through the numpy walk
+    np.testing.assert_allclose(trees.load(path, compiled=False)[0].predict_proba(x), got,
+                               rtol=1e-12, atol=1e-15)
+    if family == "boosting":  # softmax(raw / T); log p is raw up to a per-row constant
+        scaled = np.log(plain) / temperature
+        expected = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    else:  # p ** (1/T), renormalised
+        expected = plain ** (1 / temperature)
+        assert (got[plain == 0] == 0).all() and (plain == 0).any()  # zeros stay zero
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(got.argmax(axis=1), plain.argmax(axis=1))
+    # T > 1 flattens: the top class loses probability (keeps it where every class present
+    # is tied); T < 1 sharpens
+    change = (got.max(axis=1) - plain.max(axis=1)) * np.sign(temperature - 1)
+    assert (change <= 1e-12).all() and (change < -1e-6).mean() > 0.5
+
+
+def test_forest_temperature_far_below_one_does_not_underflow(data, tmp_path):
+    model = fit("forest", data)
+    path = tmp_path / "f.npz"
+    trees.save(model, path, data[-1], FEATURES, temperature=1e-3)
+    got = trees.load(path)[0].predict_proba(data[2])
+    assert np.isfinite(got).all()
+    np.testing.assert_array_equal(got.argmax(axis=1), model.predict_proba(data[2]).argmax(axis=1))
