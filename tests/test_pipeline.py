@@ -79,7 +79,7 @@ def test_metrics_file_is_what_the_saved_models_score(pipeline_repo, monkeypatch)
 
     repo, _, _ = pipeline_repo
     monkeypatch.chdir(repo)  # evaluate reads data/labeled/ from the working directory
-    report = evaluate.evaluate(FAMILIES, repo / "models")
+    report, _ = evaluate.evaluate(FAMILIES, repo / "models")
     assert evaluate.headline(report) == json.loads((repo / "metrics/test.json").read_text())
     assert report == json.loads((repo / "reports/evaluate.json").read_text())
 
