@@ -76,16 +76,21 @@ def save_blend(path: Path, members: list[tuple[str, Path, float]], classes: list
     spec = {"format": BLEND_FORMAT, "version": BLEND_VERSION, "temperature": float(temperature),
             "members": [{"name": name, "file": f"{MEMBERS_DIR}/{name}{Path(source).suffix}",
                          "weight": float(weight)} for name, source, weight in members]}
+    contents = {BLEND_MEMBER: json.dumps(spec, indent=1),
+                CLASSES_MEMBER: json.dumps(list(classes)),
+                FEATURES_MEMBER: json.dumps(list(features)),
+                **{entry["file"]: Path(source).read_bytes()
+                   for (_, source, _), entry in zip(members, spec["members"])},
+                **{name: json.dumps(value) for name, value in (extra or {}).items()}}
     with atomic_path(path, suffix=BLEND_SUFFIX) as tmp:
-        # the member files are compressed already: stored, not deflated again
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
-            archive.writestr(BLEND_MEMBER, json.dumps(spec, indent=1))
-            archive.writestr(CLASSES_MEMBER, json.dumps(list(classes)))
-            archive.writestr(FEATURES_MEMBER, json.dumps(list(features)))
-            for (_, source, _), entry in zip(members, spec["members"]):
-                archive.write(source, entry["file"])
-            for name, value in (extra or {}).items():
-                archive.writestr(name, json.dumps(value))
+        with zipfile.ZipFile(tmp, "w") as archive:
+            for name, data in contents.items():
+                # a fixed date: the same blend is the same bytes (one DVC hash); the
+                # member files are compressed already, so they are stored as they are
+                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_STORED
+                info.external_attr = 0o644 << 16
+                archive.writestr(info, data)
 
 
 def is_blend(path: Path) -> bool:
