@@ -4,9 +4,9 @@ Copies the model (a family, or the blend: stages.model_files.family_file) to
 models/genre-classifier.keras (the `genre-classifier` artifact in dvc.yaml, one path
 whatever is published): a network stays a .keras file, a tree family becomes a blend of
 one member (weight 1, temperature 1: the same probabilities), the blend stays a blend
-zip; stages.model_files.load_model reads each. Writes its confusion analysis: the clustered confusion
-heatmap plots/confusion.png, per-genre precision/recall/F1 plots/per_genre.csv and
-the most confused genre pairs plots/top_confusions.csv (the study's
+zip; stages.model_files.load_model reads each. Writes its confusion analysis: the
+clustered confusion heatmap plots/confusion.png, per-genre precision/recall/F1
+plots/per_genre.csv and the most confused genre pairs plots/top_confusions.csv (the study's
 "interchangeable genres"), test accuracy and macro-F1 against the number of classes
 when its probabilities are summed per class of the learned taxonomy's hierarchy
 (reports/taxonomy.json) and of the study's merge, beside the majority-class share

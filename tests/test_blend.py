@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.common import FEATURES, AUDIO_FEATURES, UserError, write_json, write_parquet
+from stages.common import AUDIO_FEATURES, FEATURES, UserError, write_json, write_parquet
 from stages.params import validate
 from tests.conftest import REPO, make_tracks
 
@@ -259,3 +259,15 @@ def test_fit_weights_finds_the_log_loss_minimum_on_the_simplex():
     # no point of a fine grid over the simplex does better
     grid = [np.array([a, 1 - a, 0.0]) for a in np.linspace(0, 1, 201)]
     assert blend_log_loss(weights, picked) <= min(blend_log_loss(w, picked) for w in grid) + 1e-9
+
+
+def test_bench_table_shows_each_difference_with_its_interval():
+    from bench.table import difference_cell
+
+    comparison = {"reference": "boosting",
+                  "models": {"blend": {"difference": 0.0166, "low": 0.0101, "high": 0.023},
+                             "mlp": {"difference": -0.004, "low": -0.0093, "high": 0.0012}}}
+    assert difference_cell("blend", comparison) == "+0.0166 [+0.0101, +0.0230]"
+    assert difference_cell("mlp", comparison) == "-0.0040 [-0.0093, +0.0012]"
+    assert difference_cell("boosting", comparison) == "best on val"
+    assert difference_cell("mlp", None) is None  # a run from before the comparison
