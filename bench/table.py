@@ -8,9 +8,11 @@ reported accuracies (constants below, labelled as the study's) and the chance li
 Reads what each run committed, not a second scoring: for the workspace's HEAD and each
 DVC experiment (git refs under refs/exps, or only the NAMEs given) it takes
 params.yaml, reports/evaluate.json and reports/train/*.json from that revision and
-prints, per family, the split strategy, the classes (merge strategy and count), the
-feature set, test accuracy, top-5, macro-F1, any-genre accuracy and training wall time,
-beside the test set's chance line. Markdown, ready for the README.
+prints, per family (and the blend), the split strategy, the classes (merge strategy and
+count), the feature set, test accuracy, its difference from the best single family
+(chosen on validation) with the 95% paired-bootstrap interval over test recordings,
+top-5, macro-F1, any-genre accuracy and training wall time, beside the test set's
+chance line. Markdown, ready for the README.
 
 Run the experiments first, e.g.
 ``dvc exp run -n group-66 -S split.strategy=group -S merge_genres.strategy=study``.
@@ -27,8 +29,8 @@ import yaml
 from bench.workspace import run_checked
 
 REPO = Path(__file__).resolve().parents[1]
-COLUMNS = ("run", "split", "classes", "features", "family", "accuracy", "top-5", "macro-F1",
-           "any-genre", "train s", "chance")
+COLUMNS = ("run", "split", "classes", "features", "family", "accuracy", "vs best (95% CI)",
+           "top-5", "macro-F1", "any-genre", "train s", "chance")
 
 
 def git(*args: str, repo: Path = REPO) -> str:
@@ -52,6 +54,18 @@ def show(rev: str, path: str, repo: Path = REPO) -> str | None:
         return None
 
 
+def difference_cell(family: str, comparison: dict | None) -> str | None:
+    """'+0.0120 [+0.0040, +0.0200]' against the reference family; 'best on val' for it."""
+    if not comparison:
+        return None  # a run from before evaluate measured it
+    if family == comparison["reference"]:
+        return "best on val"
+    gap = comparison["models"].get(family)
+    if not gap or gap.get("difference") is None:
+        return None
+    return f"{gap['difference']:+.4f} [{gap['low']:+.4f}, {gap['high']:+.4f}]"
+
+
 def rows_of(name: str, rev: str, repo: Path = REPO) -> list[dict]:
     """One row per family scored at ``rev`` (none if that run has no evaluate report)."""
     report = show(rev, "reports/evaluate.json", repo)
@@ -71,7 +85,9 @@ def rows_of(name: str, rev: str, repo: Path = REPO) -> list[dict]:
         rows.append({
             "run": name, "split": params["split"]["strategy"], "classes": classes,
             "features": params.get("features", "all"), "family": family,
-            "accuracy": scores["accuracy"], "top-5": scores["top5"],
+            "accuracy": scores["accuracy"],
+            "vs best (95% CI)": difference_cell(family, report.get("comparison")),
+            "top-5": scores["top5"],
             "macro-F1": scores["macro_f1"], "any-genre": scores["any_genre_accuracy"],
             "train s": seconds, "chance": report["test_set"]["chance"],
         })

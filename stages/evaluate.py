@@ -1,9 +1,11 @@
 """Stage evaluate: score every trained family on the test split.
 
 Writes metrics/test.json (numbers only, so one `dvc exp show` row compares every
-family: accuracy, top-5 and macro-F1 per family, plus the test set's chance and
-ceiling lines) and reports/evaluate.json (every metric of every family, for reading).
-The published model's confusion analysis is the publish stage's job.
+family and the blend: accuracy, top-5, macro-F1 and calibration error, plus the test
+set's chance and ceiling lines) and reports/evaluate.json (every metric of every model,
+for reading, and each model's accuracy difference from the best single family, chosen
+by validation accuracy, with its 95% paired-bootstrap interval over the test split's
+recordings). The published model's confusion analysis is the publish stage's job.
 """
 
 from __future__ import annotations
@@ -31,11 +33,16 @@ from stages.common import (
     write_json,
 )
 from stages.calibration import ECE_BINS, reliability
-from stages.params import FAMILIES
+from stages.params import FAMILIES, MODELS
 from stages.ranking import top_class, top_k_hits
+from stages.split import recording_ids
 
 # what metrics/test.json keeps of each family (the full set goes to the report)
 HEADLINE = ("accuracy", "top5", "macro_f1", "ece")
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+BOOTSTRAP_LEVEL = 0.95
+BOOTSTRAP_CELLS = 1 << 22  # (resample, recording) draws held at once: bounds the memory
 
 
 # --- metrics (pure functions of labels and probabilities) ----------------------
@@ -135,6 +142,52 @@ def score(proba: np.ndarray, test: pd.DataFrame, classes: list[str],
     }
 
 
+def paired_bootstrap(right_a: np.ndarray, right_b: np.ndarray, groups: np.ndarray,
+                     resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                     level: float = BOOTSTRAP_LEVEL) -> dict:
+    """Accuracy of a minus accuracy of b on the same rows, and its percentile interval
+    over ``resamples`` bootstrap resamples of whole groups.
+
+    ``right_a`` / ``right_b``: per row, whether each model is right; ``groups``: per row,
+    its group (a recording: its rows are not independent, so they are drawn together).
+    Both models are scored on the same resampled rows (paired)."""
+    right_a, right_b = np.asarray(right_a, dtype=bool), np.asarray(right_b, dtype=bool)
+    difference = right_a.astype(np.float64) - right_b.astype(np.float64)
+    _, group = np.unique(np.asarray(groups), return_inverse=True)
+    n_groups = int(group.max()) + 1 if len(group) else 0
+    if n_groups == 0:
+        return {"difference": None, "low": None, "high": None}
+    # per group: the summed difference and its rows; a resample draws groups
+    group_difference = np.bincount(group, weights=difference, minlength=n_groups)
+    group_rows = np.bincount(group, minlength=n_groups).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, BOOTSTRAP_CELLS // n_groups)
+    draws = []
+    for start in range(0, resamples, chunk):
+        picks = rng.integers(0, n_groups, size=(min(chunk, resamples - start), n_groups))
+        draws.append(group_difference[picks].sum(axis=1) / group_rows[picks].sum(axis=1))
+    low, high = np.quantile(np.concatenate(draws), [(1 - level) / 2, (1 + level) / 2])
+    return {"difference": round(float(difference.mean()), 5), "low": round(float(low), 5),
+            "high": round(float(high), 5)}
+
+
+def comparisons(right: dict[str, np.ndarray], val_accuracy: dict[str, float],
+                groups: np.ndarray, singles) -> dict | None:
+    """Every model against the best single family, the reference chosen by validation
+    accuracy (never by a test score; ties to the first in ``singles``)."""
+    singles = [name for name in singles if name in right]
+    if not singles:
+        return None
+    reference = max(singles, key=lambda name: val_accuracy[name])  # max keeps the first
+    return {
+        "reference": reference, "chosen_by": "validation accuracy",
+        "resampled": "recordings of the test split", "groups": int(len(np.unique(groups))),
+        "resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "level": BOOTSTRAP_LEVEL,
+        "models": {name: paired_bootstrap(right[name], right[reference], groups)
+                   for name in right if name != reference},
+    }
+
+
 def reliability_curve(proba: np.ndarray, actual: np.ndarray) -> pd.DataFrame:
     """The reliability diagram's points: per confidence bin with rows, its mean confidence
     (top-1 probability) and the share of those rows that are right."""
@@ -161,7 +214,8 @@ def headline(report: dict) -> dict:
 
 
 def evaluate(families, models_dir: Path = MODELS_DIR) -> dict:
-    """Score each family's saved model on the test split; return the full report."""
+    """Score each saved model (a family, or the blend) on the test split; return the full
+    report. Validation accuracy picks the single family the others are compared with."""
     from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
 
     quiet_tensorflow()
@@ -177,13 +231,20 @@ def evaluate(families, models_dir: Path = MODELS_DIR) -> dict:
     union = [f for f in FEATURES if f in used]
     seen = seen_in_train(test, splits["train"], union)
     report = {"families": {}}
-    curves = {}
+    curves, right, val_accuracy = {}, {}, {}
     for family, (model, classes, features) in loaded.items():
         proba = predict_proba(model, test[features].to_numpy("float32"))  # its own features
+        actual = label_indices(test, classes)
+        val_proba = predict_proba(model, splits["val"][features].to_numpy("float32"))
+        val_accuracy[family] = round(float(
+            (top_class(val_proba) == label_indices(splits["val"], classes)).mean()), 5)
         report["families"][family] = {
-            **score(proba, test, classes, track_labels, seen), "features": len(features)}
-        curves[family] = reliability_curve(proba, label_indices(test, classes))
+            **score(proba, test, classes, track_labels, seen), "features": len(features),
+            "val_accuracy": val_accuracy[family]}
+        curves[family] = reliability_curve(proba, actual)
+        right[family] = top_class(proba) == actual
     report["test_set"] = test_set_stats(test, seen, classes, union)
+    report["comparison"] = comparisons(right, val_accuracy, recording_ids(test), FAMILIES)
     return report, curves
 
 
@@ -191,7 +252,7 @@ def evaluate(families, models_dir: Path = MODELS_DIR) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args(argv)
-    report, curves = evaluate(FAMILIES)
+    report, curves = evaluate(MODELS)
     for family, curve in {**curves, "ideal": ideal_curve()}.items():
         write_csv(PLOTS_DIR / "calibration" / f"{family}.csv", curve)
     write_json(REPORTS_DIR / "evaluate.json", report)
@@ -201,6 +262,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"evaluate {family}: accuracy {scores['accuracy']:.4f}, top5 {scores['top5']:.4f}, "
               f"macro-F1 {scores['macro_f1']:.4f}, any-genre {scores['any_genre_accuracy']:.4f}, "
               f"calibration error {scores['ece']:.4f}")
+    comparison = report["comparison"]
+    for name, gap in comparison["models"].items():
+        print(f"evaluate {name} - {comparison['reference']} (best on validation): "
+              f"{gap['difference']:+.4f}, 95% interval [{gap['low']:+.4f}, {gap['high']:+.4f}] "
+              f"over {comparison['groups']} test recordings")
     print(f"evaluate: {stats['rows']} test rows, {stats['classes']} classes, "
           f"chance {stats['chance']:.4f}, ceiling {stats['ceiling']:.4f}")
 

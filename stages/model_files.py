@@ -4,7 +4,10 @@ A network is a plain ``.keras`` file with two extra zip members, the class list 
 the feature list, so a model trained on merged genres predicts merged genres and a
 model trained on the 13 audio features asks only for those, wherever it travels. A
 tree family is an ``.npz`` of plain arrays with the same two lists (stages/trees.py).
-Neither format runs code from the file when it is loaded.
+A blend (stage blend) is one zip holding each member's own model file under
+``members/``, the class and feature lists, and ``blend.json``: every member's weight and
+the temperature of their weighted mean. A published tree family travels as a blend of
+one member. No format runs code from the file when it is loaded.
 """
 
 from __future__ import annotations
@@ -24,12 +27,21 @@ MISSING_MEMBER = "missing.json"
 # the learned genre hierarchy (stage taxonomy's merges), for answers at any level
 TAXONOMY_MEMBER = "taxonomy.json"
 TREE_SUFFIX = ".npz"
+# a blend: {"format", "version", "temperature", "members": [{"name", "file", "weight"}]}
+BLEND_MEMBER = "blend.json"
+BLEND_FORMAT = "spotify-genre-blend"
+BLEND_VERSION = 1
+BLEND_SUFFIX = ".zip"
+MEMBERS_DIR = "members"
 
 
 def family_file(family: str) -> Path:
-    """Where the pipeline keeps a family's model: models/<family>.keras or .npz (trees)."""
-    from stages.params import TREES  # noqa: PLC0415
+    """Where the pipeline keeps a model: models/<family>.keras, .npz (trees) or
+    models/blend.zip (the blend)."""
+    from stages.params import BLEND, TREES  # noqa: PLC0415
 
+    if family == BLEND:
+        return MODELS_DIR / f"{BLEND}{BLEND_SUFFIX}"
     return MODELS_DIR / f"{family}{TREE_SUFFIX if family in TREES else '.keras'}"
 
 
@@ -55,6 +67,145 @@ def copy_with_members(source: Path, dest: Path, members: dict) -> None:
                     new.writestr(item, old.read(item.filename))
             for name, value in members.items():
                 new.writestr(name, json.dumps(value))
+
+
+def save_blend(path: Path, members: list[tuple[str, Path, float]], classes: list[str],
+               features: list[str], temperature: float, extra: dict | None = None) -> None:
+    """Write a blend atomically: ``members`` are (name, model file, weight), the weights
+    summing to 1; their files are stored as they are, under members/."""
+    spec = {"format": BLEND_FORMAT, "version": BLEND_VERSION, "temperature": float(temperature),
+            "members": [{"name": name, "file": f"{MEMBERS_DIR}/{name}{Path(source).suffix}",
+                         "weight": float(weight)} for name, source, weight in members]}
+    contents = {BLEND_MEMBER: json.dumps(spec, indent=1),
+                CLASSES_MEMBER: json.dumps(list(classes)),
+                FEATURES_MEMBER: json.dumps(list(features)),
+                **{entry["file"]: Path(source).read_bytes()
+                   for (_, source, _), entry in zip(members, spec["members"])},
+                **{name: json.dumps(value) for name, value in (extra or {}).items()}}
+    with atomic_path(path, suffix=BLEND_SUFFIX) as tmp:
+        with zipfile.ZipFile(tmp, "w") as archive:
+            for name, data in contents.items():
+                # a fixed date: the same blend is the same bytes (one DVC hash); the
+                # member files are compressed already, so they are stored as they are
+                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_STORED
+                info.external_attr = 0o644 << 16
+                archive.writestr(info, data)
+
+
+def is_blend(path: Path) -> bool:
+    """True for a zip with a blend.json member (whatever the file is named)."""
+    path = Path(path)
+    if path.suffix == TREE_SUFFIX or not path.is_file():
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return BLEND_MEMBER in archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+class Blend:
+    """The weighted mean of its members' probabilities, then softmax(log p / temperature).
+
+    ``members`` are (name, model, columns, weight): each member reads its own feature
+    columns of the blend's input."""
+
+    def __init__(self, members: list, n_classes: int, temperature: float = 1.0):
+        self.members = members
+        self.n_classes = n_classes
+        self.temperature = temperature
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {name: weight for name, _, _, weight in self.members}
+
+    def predict_proba(self, x):
+        import numpy as np  # noqa: PLC0415
+
+        from stages.calibration import apply_temperature  # noqa: PLC0415
+
+        total = np.zeros((len(x), self.n_classes), dtype=np.float64)
+        if len(x) == 0:
+            return total
+        for _, model, columns, weight in self.members:
+            total += weight * np.asarray(predict_proba(model, x[:, columns]), dtype=np.float64)
+        total /= total.sum(axis=1, keepdims=True)  # float32 members: exactly 1 again
+        return apply_temperature(total, self.temperature)
+
+
+def _blend_spec(archive: zipfile.ZipFile) -> dict:
+    """blend.json, checked: a wrong entry is a ValueError naming it."""
+    import math  # noqa: PLC0415
+
+    spec = json.loads(archive.read(BLEND_MEMBER))
+    if not isinstance(spec, dict) or spec.get("format") != BLEND_FORMAT:
+        raise ValueError(f"{BLEND_MEMBER} is not a blend description")
+    if spec.get("version") != BLEND_VERSION:
+        raise ValueError(f"blend format version {spec.get('version')!r}, this code reads "
+                         f"{BLEND_VERSION}")
+    temperature = spec.get("temperature")
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
+            or temperature <= 0:
+        raise ValueError(f"{BLEND_MEMBER}: temperature {temperature!r} is not a positive number")
+    members = spec.get("members")
+    if not isinstance(members, list) or not members:
+        raise ValueError(f"{BLEND_MEMBER}: no members")
+    for entry in members:
+        if (not isinstance(entry, dict) or not isinstance(entry.get("name"), str)
+                or not isinstance(entry.get("file"), str)
+                or not entry["file"].startswith(f"{MEMBERS_DIR}/")
+                or not isinstance(entry.get("weight"), (int, float))
+                or not math.isfinite(entry["weight"]) or entry["weight"] < 0):
+            raise ValueError(f"{BLEND_MEMBER}: bad member entry {json.dumps(entry)[:80]}")
+    if abs(sum(entry["weight"] for entry in members) - 1) > 1e-6:
+        raise ValueError(f"{BLEND_MEMBER}: member weights do not sum to 1")
+    return spec
+
+
+def _load_blend(path: Path):
+    """(Blend, classes, features): every member loaded from its own file in the zip."""
+    import tempfile  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            spec = _blend_spec(archive)
+            classes = json.loads(archive.read(CLASSES_MEMBER))
+            features = _features_in(archive)
+            stored = set(archive.namelist())
+            contents = {}
+            for entry in spec["members"]:
+                if entry["file"] not in stored:
+                    raise UserError(f"{path}: blend member {entry['file']} is missing from the "
+                                    "file (rebuild it: dvc repro blend)")
+                contents[entry["file"]] = archive.read(entry["file"])
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+        raise _not_ours(path, exc) from None
+    members = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for entry in spec["members"]:
+            where = f"{path}: blend member {entry['file']}"
+            member_path = Path(tmp) / Path(entry["file"]).name
+            member_path.write_bytes(contents[entry["file"]])
+            if is_blend(member_path):
+                raise UserError(f"{where}: a blend inside a blend")
+            try:
+                model, member_classes, member_features = load_model(member_path)
+            except UserError as exc:  # name the blend and its member, not the temp file
+                raise UserError(f"{where}: {str(exc).removeprefix(f'{member_path}: ')}") from None
+            if member_classes != classes:
+                raise UserError(f"{where} predicts another class list than the blend "
+                                f"({len(member_classes)} classes, the blend {len(classes)}): "
+                                "rebuild the blend from models of one run (dvc repro blend)")
+            unknown = [f for f in member_features if f not in features]
+            if unknown:
+                raise UserError(f"{where} takes features the blend does not: "
+                                f"{', '.join(unknown)}")
+            columns = np.array([features.index(f) for f in member_features])
+            members.append((entry["name"], model, columns, float(entry["weight"])))
+    return Blend(members, len(classes), float(spec["temperature"])), classes, features
 
 
 def read_member(path: Path, name: str):
@@ -108,7 +259,8 @@ def read_features(path: Path) -> list[str]:
 def load_model(path: Path):
     """Load a saved model: (model, class list, feature list); a clear error when missing or broken.
 
-    A tree family's ``.npz`` is read with ``np.load(allow_pickle=False)`` and checked.
+    A tree family's ``.npz`` is read with ``np.load(allow_pickle=False)`` and checked; a
+    blend loads each of its members this way and checks that they share its class list.
 
     Keras' loader runs in safe mode (the default): a file with Python lambdas or
     custom objects is refused, so a model pulled from a remote executes no code of its own.
@@ -120,6 +272,8 @@ def load_model(path: Path):
         from stages import trees  # noqa: PLC0415
 
         return trees.load(path)
+    if is_blend(path):
+        return _load_blend(path)
     import keras  # noqa: PLC0415 - callers run stages.tf_setup.quiet_tensorflow() first
 
     try:

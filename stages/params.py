@@ -16,9 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from stages.common import FEATURE_SETS, UserError
 
 PARAMS_FILE = Path("params.yaml")
-NETWORKS = ("softmax", "mlp", "lstm")  # Keras models: the families `model` may publish
+NETWORKS = ("softmax", "mlp", "lstm")  # Keras models
 TREES = ("forest", "boosting")  # scikit-learn tree models (stages/trees.py), scored beside them
 FAMILIES = NETWORKS + TREES
+BLEND = "blend"  # the weighted mean of the families' probabilities (stage blend)
+MODELS = FAMILIES + (BLEND,)  # what param `model` may publish
 
 
 class Section(BaseModel):
@@ -146,6 +148,22 @@ class BoostingParams(Section):
     seed: int = Field(42, ge=0)
 
 
+class BlendParams(Section):
+    """Stage blend: which families it may weigh, and the smallest weight a member keeps."""
+
+    members: list[Literal[FAMILIES]] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
+    # a family whose fitted weight is below this is left out (and the rest refitted): a
+    # member that hardly changes the answer costs its whole prediction time
+    min_weight: float = Field(0.01, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _no_repeats(self):
+        repeated = sorted({m for m in self.members if self.members.count(m) > 1})
+        if repeated:
+            raise ValueError(f"members lists {', '.join(repeated)} more than once")
+        return self
+
+
 SECTIONS: dict[str, type[Section]] = {
     "fetch": FetchParams,
     "split": SplitParams,
@@ -155,6 +173,7 @@ SECTIONS: dict[str, type[Section]] = {
     "lstm": LstmParams,
     "forest": ForestParams,
     "boosting": BoostingParams,
+    "blend": BlendParams,
 }
 
 
@@ -212,8 +231,8 @@ def load_section(section: str, path: Path = PARAMS_FILE):
 def load_model_name(path: Path = PARAMS_FILE) -> str:
     data = read_params_file(path)
     name = data.get("model")
-    if name not in NETWORKS:
-        raise UserError(f"{path}: model = {name!r}: must be one of {', '.join(NETWORKS)}")
+    if name not in MODELS:
+        raise UserError(f"{path}: model = {name!r}: must be one of {', '.join(MODELS)}")
     return name
 
 

@@ -1,14 +1,20 @@
 """Stage publish: the model named by param ``model`` becomes the published model.
 
-Copies models/<model>.keras to models/genre-classifier.keras (the `genre-classifier`
-artifact in dvc.yaml) and writes its confusion analysis: the clustered confusion
-heatmap plots/confusion.png, per-genre precision/recall/F1 plots/per_genre.csv and
-the most confused genre pairs plots/top_confusions.csv (the study's
+Copies the model (a family, or the blend: stages.model_files.family_file) to
+models/genre-classifier.keras (the `genre-classifier` artifact in dvc.yaml, one path
+whatever is published): a network stays a .keras file, a tree family becomes a blend of
+one member (weight 1, temperature 1: the same probabilities), the blend stays a blend
+zip; stages.model_files.load_model reads each. Writes its confusion analysis: the
+clustered confusion heatmap plots/confusion.png, per-genre precision/recall/F1
+plots/per_genre.csv and the most confused genre pairs plots/top_confusions.csv (the study's
 "interchangeable genres"), test accuracy and macro-F1 against the number of classes
 when its probabilities are summed per class of the learned taxonomy's hierarchy
 (reports/taxonomy.json) and of the study's merge, beside the majority-class share
-(plots/taxonomy/{learned,study}.csv), plus reports/published.json. Depends on nothing but the
-chosen model and the test split, so `dvc exp run -S model=lstm` re-runs only this.
+(plots/taxonomy/{learned,study}.csv), plus reports/published.json (with its accuracy
+difference from the best single family and that difference's interval, from
+reports/evaluate.json). Depends on every model file (DVC cannot name one file from
+the param) but on nothing the param changes, so `dvc exp run -S model=boosting`
+re-runs only this.
 """
 
 from __future__ import annotations
@@ -36,10 +42,11 @@ from stages.common import (
     write_json,
 )
 from stages.merge_genres import GROUPS_FILES, genre_mapping, read_groups
-from stages.params import load_model_name
+from stages.params import BLEND, TREES, load_model_name
 from stages.taxonomy import MERGES_REPORT, accuracy_curves
 
 TOP_CONFUSIONS = 20
+EVALUATE_REPORT = REPORTS_DIR / "evaluate.json"
 
 
 def confusion_counts(actual: np.ndarray, predicted: np.ndarray, n: int) -> np.ndarray:
@@ -156,6 +163,30 @@ def missing_feature_accuracy(model, x: np.ndarray, actual: np.ndarray,
     return accuracy
 
 
+def write_published(model_name: str, source: Path, published: Path, classes: list[str],
+                    features: list[str], members: dict) -> None:
+    """The published file, with ``members`` ({name: JSON value}) inside: a network's
+    .keras or the blend's zip copied, a tree family wrapped as a blend of one member."""
+    from stages.model_files import copy_with_members, save_blend  # noqa: PLC0415
+
+    if model_name in TREES:
+        save_blend(published, [(model_name, source, 1.0)], classes, features, 1.0, members)
+    else:
+        copy_with_members(source, published, members)
+
+
+def comparison_of(model_name: str, report: dict) -> dict | None:
+    """What evaluate measured for this model against the best single family (on validation)."""
+    comparison = (report or {}).get("comparison")
+    if not comparison:
+        return None
+    gap = comparison["models"].get(model_name)
+    if model_name == comparison["reference"]:
+        gap = {"difference": 0.0, "low": 0.0, "high": 0.0}
+    return {"reference": comparison["reference"], "chosen_by": comparison["chosen_by"],
+            "level": comparison["level"], **(gap or {})}
+
+
 def publish(model_name: str, models_dir: Path = MODELS_DIR, plots_dir: Path = PLOTS_DIR,
             published: Path = PUBLISHED_MODEL) -> dict:
     from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
@@ -166,11 +197,11 @@ def publish(model_name: str, models_dir: Path = MODELS_DIR, plots_dir: Path = PL
     from stages.model_files import (  # noqa: PLC0415
         MISSING_MEMBER,
         TAXONOMY_MEMBER,
-        copy_with_members,
+        family_file,
         read_member,
     )
 
-    source = models_dir / f"{model_name}.keras"
+    source = models_dir / family_file(model_name).name
     model, classes, features = load_model(source)
     test = read_labeled("test")
     actual = label_indices(test, classes)
@@ -204,8 +235,12 @@ def publish(model_name: str, models_dir: Path = MODELS_DIR, plots_dir: Path = PL
         missing = {**missing, "test_rows": int(len(test)),
                    "test_accuracy": missing_feature_accuracy(model, x, actual, features)}
         members[MISSING_MEMBER] = missing
-    copy_with_members(source, published, members)
-    return {"model": model_name, "classes": len(classes), "features": features,
+    write_published(model_name, source, published, classes, features, members)
+    return {"model": model_name,
+            # what the published file is: a .keras network, or a blend zip (a tree family
+            # is a blend of one)
+            "format": "blend" if model_name in (BLEND, *TREES) else "keras",
+            "classes": len(classes), "features": features,
             "test_rows": int(len(test)),
             "accuracy": round(accuracy, 5), "macro_f1": round(macro_f1, 5),
             "missing_feature_accuracy": missing["test_accuracy"] if missing else None,
@@ -219,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.parse_args(argv)
     name = load_model_name()
     report = publish(name)
+    report["vs_best_single_family"] = comparison_of(name, read_json(EVALUATE_REPORT))
     write_json(REPORTS_DIR / "published.json", report)
     print(f"publish {name} -> {PUBLISHED_MODEL}: accuracy {report['accuracy']:.4f}, "
           f"macro-F1 {report['macro_f1']:.4f}, {report['classes']} classes")

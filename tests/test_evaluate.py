@@ -237,3 +237,47 @@ def test_calibration_error_and_reliability_curve():
                                          "track_id": [str(i) for i in range(6)]}),
                     ["a", "b"], {str(i): {"a"} for i in range(6)},
                     np.zeros(6, bool))["ece"] == pytest.approx(2.4 / 6, abs=1e-5)
+
+
+def test_bootstrap_interval_covers_zero_for_two_equally_good_models():
+    rng = np.random.default_rng(3)
+    groups = np.repeat(np.arange(1000), 2)  # recordings of two rows
+    right_a, right_b = rng.random(2000) < 0.5, rng.random(2000) < 0.5
+    gap = ev.paired_bootstrap(right_a, right_b, groups)
+    assert gap["low"] < 0 < gap["high"]
+    assert gap["difference"] == round(float(right_a.mean() - right_b.mean()), 5)
+    assert gap["low"] <= gap["difference"] <= gap["high"]
+    assert ev.paired_bootstrap(right_a, right_b, groups) == gap  # seeded
+
+
+def test_bootstrap_interval_excludes_zero_for_a_clearly_better_model():
+    rng = np.random.default_rng(4)
+    groups = np.repeat(np.arange(1000), 2)
+    better, worse = rng.random(2000) < 0.6, rng.random(2000) < 0.5
+    gap = ev.paired_bootstrap(better, worse, groups)
+    assert 0 < gap["low"] < gap["difference"] < gap["high"]
+
+
+def test_bootstrap_draws_whole_recordings():
+    # 20 recordings of 50 rows: a is right on the first 10, b on the other 10. Row by row
+    # the accuracies look precise; only 20 independent recordings lie behind them.
+    groups = np.repeat(np.arange(20), 50)
+    right_a = groups < 10
+    right_b = ~right_a
+    by_recording = ev.paired_bootstrap(right_a, right_b, groups)
+    by_row = ev.paired_bootstrap(right_a, right_b, np.arange(1000))
+    assert by_recording["difference"] == by_row["difference"] == 0.0
+    width = by_recording["high"] - by_recording["low"]
+    assert width > 0.6 and width > 5 * (by_row["high"] - by_row["low"])
+
+
+def test_the_reference_family_is_chosen_on_validation_not_test():
+    groups = np.arange(100)
+    right = {"forest": np.arange(100) < 60, "mlp": np.arange(100) < 40,
+             "blend": np.arange(100) < 70}
+    # the forest is better on test, the mlp on validation: the mlp is the reference
+    comparison = ev.comparisons(right, {"forest": 0.5, "mlp": 0.55, "blend": 0.6}, groups,
+                                ("softmax", "mlp", "lstm", "forest", "boosting"))
+    assert comparison["reference"] == "mlp"
+    assert set(comparison["models"]) == {"forest", "blend"}  # the blend is never the reference
+    assert comparison["models"]["blend"]["difference"] == 0.3

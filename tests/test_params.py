@@ -6,6 +6,7 @@ import pytest
 
 from stages.common import AUDIO_FEATURES, FEATURE_SETS, FEATURES, UserError
 from stages.params import (
+    MODELS,
     load_feature_set,
     load_model_name,
     load_section,
@@ -18,9 +19,9 @@ from tests.conftest import REPO
 def test_repo_params_file_is_valid():
     data = read_params_file(REPO / "params.yaml")
     for section in ("fetch", "split", "merge_genres", "softmax", "mlp", "lstm", "forest",
-                    "boosting"):
+                    "boosting", "blend"):
         validate(section, data[section])
-    assert load_model_name(REPO / "params.yaml") in ("softmax", "mlp", "lstm")
+    assert load_model_name(REPO / "params.yaml") in MODELS
     assert load_feature_set(REPO / "params.yaml") == "all"
 
 
@@ -87,6 +88,11 @@ def test_train_stops_on_a_bad_feature_set_with_one_line(tmp_path):
     ("mlp", {"frequency_scale": 0}, "mlp.frequency_scale = 0: Input should be greater than 0"),
     ("mlp", {"label_smoothing": 1}, "mlp.label_smoothing = 1: Input should be less than 1"),
     ("lstm", {"label_smoothing": -0.1}, "lstm.label_smoothing = -0.1: Input should be"),
+    ("blend", {"members": ["mlp", "cnn"]}, "blend.members.1 = 'cnn': Input should be 'softmax'"),
+    ("blend", {"members": []}, "blend.members = []: List should have at least 1 item"),
+    ("blend", {"members": ["mlp", "forest", "mlp"]}, "blend: members lists mlp more than once"),
+    ("blend", {"min_weight": 1}, "blend.min_weight = 1: Input should be less than 1"),
+    ("blend", {"weights": [1]}, "blend.weights: unknown param (typo?)"),
 ])
 def test_bad_params_name_path_value_and_rule(section, raw, message):
     with pytest.raises(UserError) as excinfo:
@@ -97,8 +103,17 @@ def test_bad_params_name_path_value_and_rule(section, raw, message):
 def test_bad_model_name_lists_valid_ones(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("model: cnn\n")
-    with pytest.raises(UserError, match="model = 'cnn': must be one of softmax, mlp, lstm"):
+    with pytest.raises(UserError) as excinfo:
         load_model_name(path)
+    assert str(excinfo.value) == (f"{path}: model = 'cnn': must be one of softmax, mlp, lstm, "
+                                  "forest, boosting, blend")
+
+
+@pytest.mark.parametrize("name", ["softmax", "mlp", "lstm", "forest", "boosting", "blend"])
+def test_every_family_and_the_blend_can_be_published(tmp_path, name):
+    path = tmp_path / "params.yaml"
+    path.write_text(f"model: {name}\n")
+    assert load_model_name(path) == name
 
 
 def test_invalid_yaml_and_missing_section(tmp_path):

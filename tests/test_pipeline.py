@@ -6,6 +6,7 @@ import json
 import re
 import zipfile
 
+import numpy as np
 import pytest
 
 from stages.common import AUDIO_FEATURES, FEATURES
@@ -17,7 +18,8 @@ NETWORKS = ("softmax", "mlp", "lstm")
 TREES = ("forest", "boosting")
 FAMILIES = NETWORKS + TREES
 STAGES = ("fetch", "split", "taxonomy", "merge_genres", *(f"train_{f}" for f in FAMILIES), "train_audio",
-          "evaluate", "publish")
+          "blend", "evaluate", "publish")
+MODELS = (*FAMILIES, "blend")
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +43,14 @@ def test_repro_runs_every_stage_and_writes_every_output(pipeline_repo):
                  *(f"models/{f}.npz" for f in TREES),
                  *(f"plots/train/{f}.csv" for f in NETWORKS),
                  *(f"reports/train/{f}.json" for f in FAMILIES),
-                 "models/genre-classifier-audio.keras"):
+                 "models/genre-classifier-audio.keras", "models/blend.zip", "reports/blend.json"):
         assert (repo / path).is_file(), path
-    # the published model is the family named by `model`, byte for byte
-    assert (repo / "models/genre-classifier.keras").read_bytes() == \
-        (repo / "models/mlp.keras").read_bytes()
+    # the published model is the family named by `model`: its every member, byte for byte
+    # (publish adds the taxonomy)
+    with zipfile.ZipFile(repo / "models/genre-classifier.keras") as published, \
+            zipfile.ZipFile(repo / "models/mlp.keras") as family:
+        for name in family.namelist():
+            assert published.read(name) == family.read(name), name
     # two epochs on the training split: the learning curve has two rows
     lines = (repo / "plots/train/softmax.csv").read_text().splitlines()
     assert lines[0] == "epoch,train_accuracy,val_accuracy,train_loss,val_loss" and len(lines) == 3
@@ -61,10 +66,10 @@ def test_repro_runs_every_stage_and_writes_every_output(pipeline_repo):
 def test_one_metrics_file_holds_every_family_as_numbers(pipeline_repo):
     repo, _, _ = pipeline_repo
     metrics = json.loads((repo / "metrics/test.json").read_text())
-    assert set(metrics) == {*FAMILIES, "chance", "ceiling"}
-    for family in FAMILIES:
-        assert set(metrics[family]) == {"accuracy", "top5", "macro_f1"}
-    numbers = [v for f in FAMILIES for v in metrics[f].values()] + [metrics["chance"]]
+    assert set(metrics) == {*MODELS, "chance", "ceiling"}
+    for family in MODELS:
+        assert set(metrics[family]) == {"accuracy", "top5", "macro_f1", "ece"}
+    numbers = [v for f in MODELS for v in metrics[f].values()] + [metrics["chance"]]
     assert all(isinstance(v, float) for v in numbers)
     assert metrics["chance"] == pytest.approx(0.25, abs=0.1)  # 4 balanced synthetic genres
     # the synthetic genres are separable: even a few trees are far above chance
@@ -79,7 +84,7 @@ def test_metrics_file_is_what_the_saved_models_score(pipeline_repo, monkeypatch)
 
     repo, _, _ = pipeline_repo
     monkeypatch.chdir(repo)  # evaluate reads data/labeled/ from the working directory
-    report, _ = evaluate.evaluate(FAMILIES, repo / "models")
+    report, _ = evaluate.evaluate(MODELS, repo / "models")
     assert evaluate.headline(report) == json.loads((repo / "metrics/test.json").read_text())
     assert report == json.loads((repo / "reports/evaluate.json").read_text())
 
@@ -105,6 +110,46 @@ def test_changing_model_reruns_only_publish(pipeline_repo):
     for family in FAMILIES:
         for key in ("accuracy", "top5", "macro_f1"):
             assert rows[0][f"{family}.{key}"] not in ("", "-")
+
+
+def _test_frame_csv(repo, path):
+    import pandas as pd
+
+    test = pd.read_parquet(repo / "data/labeled/test.parquet")
+    test[["track_id", *FEATURES]].to_csv(path, index=False)
+    return test
+
+
+def test_publishing_a_tree_family_or_the_blend_reruns_only_publish(pipeline_repo, tmp_path):
+    from stages.model_files import load_model, predict_proba
+
+    repo, env, _ = pipeline_repo
+    before = (repo / "metrics/test.json").read_text()
+    evaluated = json.loads((repo / "reports/evaluate.json").read_text())
+    test = _test_frame_csv(repo, tmp_path / "test.csv")
+    x = test[FEATURES].to_numpy("float32")
+    for name, source in (("forest", "models/forest.npz"), ("boosting", "models/boosting.npz"),
+                         ("blend", "models/blend.zip")):
+        result = run_cmd(["dvc", "exp", "run", "-S", f"model={name}"], repo, env)
+        assert _ran(result) == ["publish"], name
+        assert (repo / "metrics/test.json").read_text() == before
+        report = json.loads((repo / "reports/published.json").read_text())
+        assert report["model"] == name and report["format"] == "blend"
+        assert report["accuracy"] == evaluated["families"][name]["accuracy"], name
+        assert report["vs_best_single_family"]["reference"] == \
+            evaluated["comparison"]["reference"]
+        # the published file answers as its source does, through predict too
+        published = load_model(repo / "models/genre-classifier.keras")[0]
+        np.testing.assert_allclose(predict_proba(published, x),
+                                   predict_proba(load_model(repo / source)[0], x), atol=1e-7)
+        predicted = run_cmd(["python", "-m", "stages.predict", "genre-classifier",
+                             str(tmp_path / "test.csv"), "-k", "1"], repo, env).stdout
+        table = list(csv.DictReader(io.StringIO(predicted)))
+        right = np.mean([row["genre_1"] == label for row, label in zip(table, test["label"])])
+        assert round(float(right), 5) == evaluated["families"][name]["accuracy"], name
+    blend = json.loads((repo / "reports/blend.json").read_text())
+    assert sum(blend["weights"].values()) == pytest.approx(1.0)
+    assert set(blend["validation"]) == {*FAMILIES, "blend"}
 
 
 def test_exp_show_only_changed_is_readable(reproduced_repo, tmp_path):
@@ -142,8 +187,8 @@ def test_touching_tensorflow_setup_leaves_the_data_stages_up_to_date(reproduced_
     status = run_cmd(["dvc", "status"], repo, env).stdout
     changed = set(re.findall(r"^(\w+):", status, re.M))
     # the tree families don't load TensorFlow: they stay up to date too
-    assert changed == {"train_softmax", "train_mlp", "train_lstm", "train_audio", "evaluate",
-                       "publish"}, status
+    assert changed == {"train_softmax", "train_mlp", "train_lstm", "train_audio", "blend",
+                       "evaluate", "publish"}, status
 
 
 def test_committed_outputs_hold_no_path_of_the_machine(pipeline_repo):
@@ -165,7 +210,8 @@ def test_unknown_model_param_is_a_clear_error(pipeline_repo):
     finally:
         (repo / "params.yaml").write_text(params)
     assert bad.returncode == 2
-    assert bad.stderr.strip() == "error: params.yaml: model = 'cnn': must be one of softmax, mlp, lstm"
+    assert bad.stderr.strip() == ("error: params.yaml: model = 'cnn': must be one of softmax, "
+                                  "mlp, lstm, forest, boosting, blend")
 
 
 def _saved_features(path):
@@ -179,7 +225,7 @@ def test_audio_features_retrain_every_family_and_nothing_before(reproduced_repo,
     assert _saved_features(repo / "models/mlp.keras") == FEATURES  # the default: all 15
     result = run_cmd(["dvc", "exp", "run", "-S", "features=audio"], repo, env)
     assert sorted(_ran(result)) == sorted(
-        [*(f"train_{f}" for f in FAMILIES), "evaluate", "publish"]), result.stdout
+        [*(f"train_{f}" for f in FAMILIES), "blend", "evaluate", "publish"]), result.stdout
     for name in (*NETWORKS, "genre-classifier", "genre-classifier-audio"):
         assert _saved_features(repo / f"models/{name}.keras") == AUDIO_FEATURES, name
     # the same params, seed and features: the audio artifact is this experiment's mlp
@@ -228,7 +274,7 @@ def test_learned_taxonomy_drives_the_classes_through_training_and_prediction(rep
     from bench import table
 
     rows = table.rows_of("learned-3", table.experiments(repo)["learned-3"], repo)
-    assert [r["family"] for r in rows] == list(FAMILIES)
+    assert [r["family"] for r in rows] == list(MODELS)
     assert {r["classes"] for r in rows} == {"3 (learned ≤2)"}
     assert all(0 <= r["accuracy"] <= 1 and r["train s"] >= 0 for r in rows)
     assert "| learned-3 | recording | 3 (learned ≤2) | all | mlp |" in table.markdown(rows)

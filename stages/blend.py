@@ -1,0 +1,168 @@
+"""Stage blend: the weighted mean of the families' probabilities, fitted on validation.
+
+Reads the families named by param ``blend.members`` (models/<family>.keras or .npz) and
+the validation split, nothing else: the test split stays for evaluate. Finds the
+non-negative weights, summing to 1, whose weighted mean of the members' probabilities has
+the smallest validation log loss; a member below ``blend.min_weight`` is left out and the
+rest refitted (a member that hardly moves the answer would still cost its whole
+prediction time). The mean gets one temperature fitted on the same split
+(stages.calibration). Writes models/blend.zip (the kept members' own files, their
+weights, the temperature, the class and feature lists: stages.model_files.save_blend)
+and reports/blend.json (weights, temperature, validation accuracy and log loss of each
+member and of the blend).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from stages.calibration import apply_temperature, fit_temperature, log_loss
+from stages.common import (
+    CLASSES_JSON,
+    FEATURES,
+    REPORTS_DIR,
+    UserError,
+    cli,
+    label_indices,
+    read_classes,
+    read_labeled,
+    write_json,
+)
+from stages.params import BLEND, load_section
+
+NEGLIGIBLE = 1e-6  # a fitted weight below this is the optimiser's rounding of 0
+
+
+def true_class_probabilities(probas: list[np.ndarray], y: np.ndarray) -> np.ndarray:
+    """(rows, members): each member's probability of each row's true class. The log loss
+    of any weighted mean depends on nothing else, so the fit works on this alone."""
+    rows = np.arange(len(y))
+    return np.stack([np.asarray(p, dtype=np.float64)[rows, y] for p in probas], axis=1)
+
+
+def blend_log_loss(weights: np.ndarray, picked: np.ndarray) -> float:
+    return float(-np.log(np.maximum(picked @ weights, 1e-12)).mean())
+
+
+def fit_weights(picked: np.ndarray) -> np.ndarray:
+    """The non-negative weights summing to 1 with the smallest log loss of ``picked @ w``.
+
+    The loss is convex in w, so the optimiser's minimum over the simplex is the minimum."""
+    from scipy.optimize import minimize  # noqa: PLC0415
+
+    n_members = picked.shape[1]
+    if n_members == 1:
+        return np.ones(1)
+
+    def gradient(weights, picked):
+        return -(picked / np.maximum(picked @ weights, 1e-12)[:, None]).mean(axis=0)
+
+    start = np.full(n_members, 1.0 / n_members)
+    result = minimize(blend_log_loss, start, args=(picked,), jac=gradient, method="SLSQP",
+                      bounds=[(0.0, 1.0)] * n_members,
+                      constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0,
+                                    "jac": lambda w: np.ones_like(w)}],
+                      options={"ftol": 1e-10, "maxiter": 500})
+    weights = np.clip(result.x, 0.0, None)
+    if not np.isfinite(weights).all() or weights.sum() <= 0:
+        return start
+    weights = weights / weights.sum()
+    # the optimiser may stop short of the minimum: never worse than the plain mean
+    return weights if blend_log_loss(weights, picked) <= blend_log_loss(start, picked) else start
+
+
+def choose_weights(picked: np.ndarray, min_weight: float) -> np.ndarray:
+    """fit_weights, then leave out every member below ``min_weight`` and refit the rest,
+    until every kept member weighs at least that; left-out members weigh exactly 0."""
+    threshold = max(min_weight, NEGLIGIBLE)
+    kept = np.arange(picked.shape[1])
+    while True:
+        weights = fit_weights(picked[:, kept])
+        small = weights < threshold
+        if not small.any():
+            break
+        if small.all():  # every member small (min_weight above 1/members): keep the largest
+            kept = kept[[int(np.argmax(weights))]]
+            weights = np.ones(1)
+            break
+        kept = kept[~small]
+    full = np.zeros(picked.shape[1])
+    full[kept] = weights
+    return full
+
+
+def scores(proba: np.ndarray, y: np.ndarray) -> dict:
+    return {"accuracy": round(float((np.asarray(proba).argmax(axis=1) == y).mean()), 5),
+            "log_loss": round(log_loss(proba, y), 5)}
+
+
+def fit_blend(probas: dict[str, np.ndarray], y: np.ndarray, min_weight: float) -> dict:
+    """Weights (by member name), temperature and validation scores of each member and the blend."""
+    names = list(probas)
+    weights = choose_weights(true_class_probabilities([probas[n] for n in names], y), min_weight)
+    mean = sum(w * np.asarray(probas[n], dtype=np.float64) for n, w in zip(names, weights) if w > 0)
+    mean = mean / mean.sum(axis=1, keepdims=True)
+    temperature = fit_temperature(mean, y)
+    validation = {name: scores(probas[name], y) for name in names}
+    validation[BLEND] = scores(apply_temperature(mean, temperature), y)
+    return {"weights": {n: float(w) for n, w in zip(names, weights)},
+            "temperature": temperature, "val_rows": int(len(y)), "validation": validation}
+
+
+def load_members(names: list[str], classes: list[str]) -> dict:
+    """{family: (model, features, file)}; a missing file or one of another class list is
+    one clear error."""
+    from stages.model_files import family_file, load_model  # noqa: PLC0415
+
+    loaded = {}
+    for name in names:
+        path = family_file(name)
+        model, member_classes, features = load_model(path)
+        if member_classes != classes:
+            raise UserError(f"{path}: trained on another class list than {CLASSES_JSON} "
+                            f"({len(member_classes)} classes, now {len(classes)}): "
+                            "retrain it (dvc repro)")
+        loaded[name] = (model, features, path)
+    return loaded
+
+
+def blend(params, classes: list[str], val) -> tuple[dict, list, list[str]]:
+    """(report, [(name, file, weight)] of the kept members, the blend's feature list)."""
+    from stages.model_files import predict_proba  # noqa: PLC0415
+
+    loaded = load_members(list(params.members), classes)
+    y = label_indices(val, classes)
+    probas = {name: predict_proba(model, val[features].to_numpy("float32"))
+              for name, (model, features, _) in loaded.items()}
+    report = {"members_considered": list(params.members), "min_weight": params.min_weight,
+              **fit_blend(probas, y, params.min_weight)}
+    kept = [(name, loaded[name][2], weight) for name, weight in report["weights"].items()
+            if weight > 0]
+    used = {f for name, _, _ in kept for f in loaded[name][1]}
+    return report, kept, [f for f in FEATURES if f in used]
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    from stages.model_files import family_file, save_blend  # noqa: PLC0415
+    from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args(argv)
+    params = load_section(BLEND)
+    quiet_tensorflow()
+    classes = read_classes()
+    report, kept, features = blend(params, classes, read_labeled("val"))
+    report["features"] = features
+    save_blend(family_file(BLEND), kept, classes, features, report["temperature"])
+    write_json(REPORTS_DIR / "blend.json", report)
+    weights = ", ".join(f"{name} {weight:.3f}" for name, _, weight in kept)
+    val = report["validation"][BLEND]
+    print(f"blend: {weights}; temperature {report['temperature']}; val accuracy "
+          f"{val['accuracy']:.4f}, log loss {val['log_loss']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

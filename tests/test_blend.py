@@ -1,0 +1,273 @@
+"""The blend: weights fitted on validation only, one artifact holding every member,
+clear errors for a broken one, and the same probabilities wherever it is read."""
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages.common import AUDIO_FEATURES, FEATURES, UserError, write_json, write_parquet
+from stages.params import validate
+from tests.conftest import REPO, make_tracks
+
+MEMBERS = ["softmax", "forest", "boosting"]
+
+
+@pytest.fixture(scope="module")
+def blend_repo(tmp_path_factory):
+    """A directory laid out like the repository after training: labeled splits, the class
+    list and three small family models (the softmax untrained: only its wiring matters,
+    on the 13 audio features, so members take different feature lists)."""
+    from stages import models, trees
+    from stages.model_files import family_file, save_model
+    from stages.split import clean
+    from stages.tf_setup import quiet_tensorflow
+
+    quiet_tensorflow()
+    root = tmp_path_factory.mktemp("blend_repo")
+    frame, _ = clean(make_tracks(rows_per_genre=60))
+    frame["label"] = frame["track_genre"]
+    classes = sorted(frame["label"].unique())
+    rng = np.random.default_rng(1)
+    part = rng.integers(0, 3, len(frame))
+    splits = {name: frame[part == i].reset_index(drop=True)
+              for i, name in enumerate(("train", "val", "test"))}
+    for name, split in splits.items():
+        write_parquet(root / "data/labeled" / f"{name}.parquet", split)
+    write_json(root / "data/labeled/classes.json", classes)
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    y = {name: splits[name]["label"].map(classes.index).to_numpy() for name in splits}
+    x = {name: splits[name][FEATURES].to_numpy("float32") for name in splits}
+    for family, settings in (("forest", {"n_estimators": 5}), ("boosting", {"max_rounds": 5})):
+        model = trees.fit(family, validate(family, settings), x["train"], y["train"], x["val"],
+                          y["val"], len(classes), 1)
+        trees.save(model, root / family_file(family), classes, FEATURES)
+    softmax = models.build("softmax", splits["train"][AUDIO_FEATURES].to_numpy("float32"),
+                           len(classes), validate("softmax", {}), AUDIO_FEATURES)
+    save_model(softmax, root / family_file("softmax"), classes, AUDIO_FEATURES)
+    return root, classes
+
+
+def _set_blend_params(repo: Path, members, min_weight=0.0):
+    import yaml
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["blend"] = {"members": list(members), "min_weight": min_weight}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def _run_blend(repo: Path, monkeypatch, members=MEMBERS, min_weight=0.0) -> dict:
+    from stages import blend
+
+    _set_blend_params(repo, members, min_weight)
+    monkeypatch.chdir(repo)
+    blend.main([])
+    return json.loads((repo / "reports/blend.json").read_text())
+
+
+@pytest.fixture
+def repo(blend_repo, tmp_path):
+    """A private copy, to change freely."""
+    source, classes = blend_repo
+    return shutil.copytree(source, tmp_path / "repo"), classes
+
+
+def _relabel(path: Path, seed: int):
+    frame = pd.read_parquet(path)
+    frame["label"] = np.random.default_rng(seed).permutation(frame["label"].to_numpy())
+    write_parquet(path, frame)
+
+
+def test_weights_come_from_the_validation_split_only(repo, monkeypatch):
+    repo, _ = repo
+    first = _run_blend(repo, monkeypatch)
+    blended = (repo / "models/blend.zip").read_bytes()
+    assert sum(first["weights"].values()) == pytest.approx(1.0)
+    assert set(first["validation"]) == {*MEMBERS, "blend"}
+    _relabel(repo / "data/labeled/test.parquet", seed=5)  # only the test labels change
+    assert _run_blend(repo, monkeypatch) == first
+    assert (repo / "models/blend.zip").read_bytes() == blended
+    _relabel(repo / "data/labeled/val.parquet", seed=5)  # the validation labels do count
+    assert _run_blend(repo, monkeypatch)["weights"] != first["weights"]
+
+
+def test_blend_probabilities_are_the_calibrated_weighted_mean_and_sum_to_one(repo, monkeypatch):
+    from stages.calibration import apply_temperature
+    from stages.model_files import family_file, load_model, predict_proba
+
+    repo, classes = repo
+    report = _run_blend(repo, monkeypatch)
+    blend, blend_classes, features = load_model(repo / "models/blend.zip")
+    assert blend_classes == classes and features == report["features"] == FEATURES
+    kept = {name: w for name, w in report["weights"].items() if w > 0}
+    assert blend.weights == pytest.approx(kept) and blend.temperature == report["temperature"]
+    test = pd.read_parquet(repo / "data/labeled/test.parquet")
+    proba = predict_proba(blend, test[FEATURES].to_numpy("float32"))
+    assert proba.shape == (len(test), len(classes))
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
+    by_hand = 0
+    for name, weight in kept.items():  # each member reads its own features
+        model, _, member_features = load_model(repo / family_file(name))
+        by_hand = by_hand + weight * predict_proba(model, test[member_features].to_numpy("float32"))
+    by_hand = apply_temperature(by_hand / by_hand.sum(axis=1, keepdims=True), report["temperature"])
+    np.testing.assert_allclose(proba, by_hand, atol=1e-6)
+
+
+def test_a_member_below_min_weight_is_left_out_of_the_file(repo, monkeypatch):
+    from stages.model_files import load_model
+
+    repo, _ = repo
+    # the untrained softmax is near uniform: the trees carry the blend
+    report = _run_blend(repo, monkeypatch, min_weight=0.2)
+    assert report["weights"]["softmax"] == 0.0
+    assert all(w == 0 or w >= 0.2 for w in report["weights"].values())
+    with zipfile.ZipFile(repo / "models/blend.zip") as archive:
+        stored = {n for n in archive.namelist() if n.startswith("members/")}
+    assert stored == {f"members/{name}.npz" for name, w in report["weights"].items() if w > 0}
+    blend, _, features = load_model(repo / "models/blend.zip")
+    # no member takes popularity-free audio features only: the trees need all 15
+    assert features == FEATURES and "softmax" not in blend.weights
+
+
+def _without(path: Path, dest: Path, member: str) -> Path:
+    with zipfile.ZipFile(path) as old, zipfile.ZipFile(dest, "w") as new:
+        for item in old.infolist():
+            if item.filename != member:
+                new.writestr(item, old.read(item.filename))
+    return dest
+
+
+def test_a_missing_member_is_one_clear_error_in_load_and_predict(repo, monkeypatch, tmp_path):
+    from stages.model_files import load_model
+
+    repo, _ = repo
+    _run_blend(repo, monkeypatch)
+    broken = _without(repo / "models/blend.zip", tmp_path / "broken.zip", "members/forest.npz")
+    with pytest.raises(UserError) as excinfo:
+        load_model(broken)
+    assert str(excinfo.value) == (f"{broken}: blend member members/forest.npz is missing from "
+                                  "the file (rebuild it: dvc repro blend)")
+    rows = pd.read_parquet(repo / "data/labeled/test.parquet")[FEATURES].head(3)
+    rows.to_csv(tmp_path / "songs.csv", index=False)
+    out = subprocess.run([sys.executable, "-m", "stages.predict", str(broken),
+                          str(tmp_path / "songs.csv")], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr == f"error: {excinfo.value}\n"
+
+
+def test_a_member_of_another_class_list_is_one_clear_error(repo, tmp_path):
+    from stages import trees
+    from stages.model_files import family_file, load_model, save_blend
+
+    repo, classes = repo
+    other = tmp_path / "other.npz"
+    forest = trees.load(repo / family_file("forest"))[0]
+    trees.save(forest, other, [*classes[:-1], "jazz"], FEATURES)  # one class renamed
+    path = tmp_path / "mixed.zip"
+    save_blend(path, [("boosting", repo / family_file("boosting"), 0.5),
+                      ("forest", other, 0.5)], classes, FEATURES, 1.0)
+    with pytest.raises(UserError) as excinfo:
+        load_model(path)
+    assert str(excinfo.value) == (
+        f"{path}: blend member members/forest.npz predicts another class list than the blend "
+        "(4 classes, the blend 4): rebuild the blend from models of one run (dvc repro blend)")
+
+
+def test_the_stage_names_a_missing_or_stale_family_file(repo, monkeypatch):
+    from stages import blend, trees
+
+    repo, classes = repo
+    (repo / "models/boosting.npz").unlink()
+    _set_blend_params(repo, MEMBERS)
+    monkeypatch.chdir(repo)
+    with pytest.raises(SystemExit) as excinfo:
+        blend.main([])
+    assert excinfo.value.code == 2
+    _set_blend_params(repo, ["softmax", "forest"])
+    forest = trees.load("models/forest.npz")[0]
+    trees.save(forest, "models/forest.npz", ["a", "b", "c", "d"], FEATURES)
+    with pytest.raises(UserError) as error:
+        blend.blend(validate("blend", {"members": ["softmax", "forest"]}), classes,
+                    pd.read_parquet("data/labeled/val.parquet"))
+    assert str(error.value) == ("models/forest.npz: trained on another class list than "
+                                "data/labeled/classes.json (4 classes, now 4): retrain it "
+                                "(dvc repro)")
+
+
+def test_predict_on_the_blend_gives_what_evaluate_scores(repo, monkeypatch, tmp_path):
+    from stages import evaluate
+    from stages.model_files import load_model, predict_proba
+
+    repo, classes = repo
+    _run_blend(repo, monkeypatch)
+    report, _ = evaluate.evaluate([*MEMBERS, "blend"], repo / "models")
+    test = pd.read_parquet(repo / "data/labeled/test.parquet")
+    test[["track_id", *FEATURES]].sample(frac=1, axis=1, random_state=0).to_csv(
+        tmp_path / "test.csv", index=False)  # columns in another order
+    out = subprocess.run([sys.executable, "-m", "stages.predict", str(repo / "models/blend.zip"),
+                          str(tmp_path / "test.csv"), "-k", str(len(classes))],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    table = pd.read_csv(pd.io.common.StringIO(out.stdout))
+    assert round(float((table["genre_1"] == test["label"]).mean()), 5) == \
+        report["families"]["blend"]["accuracy"]
+    proba = predict_proba(load_model(repo / "models/blend.zip")[0],
+                          test[FEATURES].to_numpy("float32"))
+    for rank in range(len(classes)):
+        index = [classes.index(g) for g in table[f"genre_{rank + 1}"]]
+        np.testing.assert_allclose(table[f"prob_{rank + 1}"],
+                                   proba[np.arange(len(test)), index], atol=6e-6)
+    # the blend is compared with the best single family on validation
+    comparison = report["comparison"]
+    assert comparison["reference"] in MEMBERS and "blend" in comparison["models"]
+
+
+def test_a_published_tree_family_is_a_blend_of_one_with_its_probabilities(repo, tmp_path):
+    from stages import publish
+    from stages.model_files import family_file, load_model, predict_proba, read_features
+
+    repo, classes = repo
+    source = repo / family_file("boosting")
+    published = tmp_path / "genre-classifier.keras"
+    publish.write_published("boosting", source, published, classes, FEATURES,
+                            {"taxonomy.json": {"genres": classes, "merges": []}})
+    model, loaded_classes, features = load_model(published)
+    assert loaded_classes == classes and features == read_features(published) == FEATURES
+    x = pd.read_parquet(repo / "data/labeled/test.parquet")[FEATURES].to_numpy("float32")
+    np.testing.assert_array_equal(predict_proba(model, x),
+                                  predict_proba(load_model(source)[0], x).astype("float64"))
+    from stages.model_files import read_member
+
+    assert read_member(published, "taxonomy.json")["genres"] == classes
+
+
+def test_fit_weights_finds_the_log_loss_minimum_on_the_simplex():
+    from stages.blend import blend_log_loss, choose_weights
+
+    rng = np.random.default_rng(0)
+    picked = rng.uniform(0.05, 1, size=(500, 3))
+    picked[:, 2] = 0.01  # a useless member
+    weights = choose_weights(picked, 0.0)
+    assert weights.min() >= 0 and weights.sum() == pytest.approx(1.0)
+    assert weights[2] == 0.0
+    # no point of a fine grid over the simplex does better
+    grid = [np.array([a, 1 - a, 0.0]) for a in np.linspace(0, 1, 201)]
+    assert blend_log_loss(weights, picked) <= min(blend_log_loss(w, picked) for w in grid) + 1e-9
+
+
+def test_bench_table_shows_each_difference_with_its_interval():
+    from bench.table import difference_cell
+
+    comparison = {"reference": "boosting",
+                  "models": {"blend": {"difference": 0.0166, "low": 0.0101, "high": 0.023},
+                             "mlp": {"difference": -0.004, "low": -0.0093, "high": 0.0012}}}
+    assert difference_cell("blend", comparison) == "+0.0166 [+0.0101, +0.0230]"
+    assert difference_cell("mlp", comparison) == "-0.0040 [-0.0093, +0.0012]"
+    assert difference_cell("boosting", comparison) == "best on val"
+    assert difference_cell("mlp", None) is None  # a run from before the comparison
