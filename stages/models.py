@@ -236,13 +236,13 @@ API_MISSING = ("popularity", "explicit")
 
 
 def hide_features(x: np.ndarray, rate: float, features: list[str],
-                  rng: np.random.Generator) -> np.ndarray:
+                  rng: np.random.Generator, together_rate: float = 0.0) -> np.ndarray:
     """A copy of x with features set to NaN (missing): each value with probability
-    ``rate``, and popularity and explicit together in a further ``rate`` share of rows."""
+    ``rate``, and popularity and explicit together in a ``together_rate`` share of rows."""
     hidden = rng.random(x.shape) < rate
     together = [features.index(f) for f in API_MISSING if f in features]
     if together:
-        rows = rng.random(len(x)) < rate
+        rows = rng.random(len(x)) < together_rate
         hidden[np.ix_(rows, together)] = True
     out = x.copy()
     out[hidden] = np.nan

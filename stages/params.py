@@ -104,10 +104,11 @@ class MlpParams(TrainParams):
     # scales and biases (TabM, BatchEnsemble) | packed: every member has its own weights
     ensemble_style: Literal["mini", "batch", "packed"] = "mini"
     # > 0: the model accepts missing features (NaN in its input): training hides each
-    # feature of each row with this probability, and always hides popularity and explicit
-    # together in a further share of rows (what Spotify's audio-features API lacks), so
-    # one network serves all 15 features, the 13 audio ones, or any subset
+    # feature of each row with this probability, so one network serves any subset
     feature_dropout: float = Field(0.0, ge=0, lt=1)
+    # with feature_dropout > 0: the share of rows that also lose popularity and explicit
+    # together (what Spotify's audio-features API lacks), to learn that common case as such
+    popularity_dropout: float = Field(0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _periodic_needs_a_width(self):

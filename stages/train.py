@@ -92,7 +92,7 @@ def mean_monitor(model, x_val: np.ndarray, y_val: np.ndarray):
 
 
 def masked_batches(x: np.ndarray, y: np.ndarray, batch_size: int, rate: float,
-                   features: list[str], seed: int):
+                   features: list[str], seed: int, together_rate: float = 0.0):
     """Training batches with features hidden at random (NaN), freshly drawn every epoch
     from (seed, epoch): the same params give the same batches."""
     import keras  # noqa: PLC0415
@@ -108,7 +108,7 @@ def masked_batches(x: np.ndarray, y: np.ndarray, batch_size: int, rate: float,
         def _draw(self):
             rng = np.random.default_rng([seed, self.epoch])
             self.order = rng.permutation(len(x))
-            self.x = hide_features(x[self.order], rate, features, rng)
+            self.x = hide_features(x[self.order], rate, features, rng, together_rate)
 
         def __len__(self):
             return int(np.ceil(len(x) / batch_size))
@@ -151,7 +151,7 @@ def train(family: str, params, train_frame, val_frame, classes,
     validation = (x_val, models.targets(y_val, len(classes), params, fitted))
     if getattr(params, "feature_dropout", 0) > 0:  # the model learns to do without features
         batches = masked_batches(x_train, y_fit, params.batch_size, params.feature_dropout,
-                                 list(features), params.seed)
+                                 list(features), params.seed, params.popularity_dropout)
         fit = fitted.fit(batches, validation_data=validation, epochs=params.epochs,
                          callbacks=callbacks, verbose=0)
     else:

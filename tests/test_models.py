@@ -263,3 +263,60 @@ def test_an_ensemble_stops_on_its_mean_not_its_members(frames):
         history["val_mean_loss"][best], rel=1e-4)
     single = train.train("mlp", params.model_copy(update={"ensemble_size": 1}), *frames, CLASSES)
     assert "val_mean_loss" not in single[1]
+
+
+def test_a_masked_mlp_answers_with_features_missing_and_round_trips(frames, tmp_path):
+    train_frame, val_frame = frames
+    params = validate("mlp", {"epochs": 2, "batch_size": 32, "hidden": [16], "embedding_dim": 4,
+                              "numeric_embedding": "periodic", "ensemble_size": 2,
+                              "feature_dropout": 0.2, "popularity_dropout": 0.5})
+    model, _, summary = train.train("mlp", params, train_frame, val_frame, CLASSES)
+    assert models.accepts_missing(model)
+    x = val_frame[FEATURES].to_numpy("float32")[:20].copy()
+    x[:, FEATURES.index("time_signature")] = np.nan
+    x[:5, :8] = np.nan  # some rows with only 7 features
+    proba = model_files.predict_proba(model, x)
+    assert np.isfinite(proba).all() and np.allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    # a missing value is not a zero: hiding time_signature changes the answer of its rows
+    full = model_files.predict_proba(model, val_frame[FEATURES].to_numpy("float32")[:20])
+    assert not np.allclose(proba[5:], full[5:])
+    path = tmp_path / "masked.keras"
+    model_files.save_model(model, path, CLASSES, FEATURES)
+    loaded, _, _ = model_files.load_model(path)
+    assert models.accepts_missing(loaded)
+    assert np.array_equal(model_files.predict_proba(loaded, x), proba)
+
+
+def test_an_unmasked_mlp_does_not_claim_to_take_missing_features(frames):
+    train_frame, _ = frames
+    params = validate("mlp", {"hidden": [8]})
+    model = models.build("mlp", train_frame[FEATURES].to_numpy("float32"), 4, params, FEATURES)
+    assert not models.accepts_missing(model)
+
+
+def test_hidden_features_follow_the_rates_and_the_seed():
+    x = np.ones((20000, len(FEATURES)), dtype="float32")
+    hidden = np.isnan(models.hide_features(x, 0.1, FEATURES, np.random.default_rng(0), 0.5))
+    api = [FEATURES.index("popularity"), FEATURES.index("explicit")]
+    others = [i for i in range(len(FEATURES)) if i not in api]
+    assert hidden[:, others].mean() == pytest.approx(0.1, abs=0.01)
+    both = hidden[:, api].all(axis=1).mean()  # 0.5 together, plus 0.1 * 0.1 by chance
+    assert both == pytest.approx(0.5 + 0.5 * 0.01, abs=0.015)
+    again = np.isnan(models.hide_features(x, 0.1, FEATURES, np.random.default_rng(0), 0.5))
+    assert np.array_equal(hidden, again)
+    assert not np.isnan(x).any()  # the input is left alone
+
+
+def test_calibration_scales_probabilities_but_never_changes_the_answer(frames):
+    train_frame, val_frame = frames
+    params = validate("softmax", {"epochs": 3, "batch_size": 16, "learning_rate": 0.5})
+    model, _, summary = train.train("softmax", params, train_frame, val_frame, CLASSES)
+    assert summary["temperature"] > 0 and "val_ece" in summary
+    x = val_frame[FEATURES].to_numpy("float32")
+    y = label_indices(val_frame, CLASSES)
+    calibrated, report = train.calibrate(model, x, y)
+    before = model_files.predict_proba(model, x)
+    after = model_files.predict_proba(calibrated, x)
+    assert np.array_equal(np.argmax(before, axis=1), np.argmax(after, axis=1))
+    if report["temperature"] != 1.0:
+        assert not np.allclose(before, after)
