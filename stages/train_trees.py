@@ -24,7 +24,9 @@ from stages.common import (
     read_labeled,
     write_json,
 )
+from stages import calibration
 from stages.model_files import family_file
+from stages.ranking import top_class
 from stages.params import PARAMS_FILE, TREES, load_feature_set, load_section
 
 
@@ -49,14 +51,21 @@ def train(family: str, params, train_frame, val_frame, classes: list[str],
     model = trees.fit(family, params, x_train, y_train, x_val, y_val, len(classes), n_jobs)
     seconds = time.perf_counter() - started
     val_proba = model.predict_proba(x_val)
+    # probabilities that mean what they say: one temperature fitted on validation
+    temperature = calibration.fit_temperature(val_proba, y_val)
+    model.temperature = temperature
     summary = {
         "family": family,
         "classes": len(classes),
         "features": list(features),
-        "val_accuracy": round(float((val_proba.argmax(axis=1) == y_val).mean()), 5),
+        "val_accuracy": round(float((top_class(val_proba) == y_val).mean()), 5),
         "trees": int(model.n_trees),
         "train_seconds": round(seconds, 1),
         "sklearn_version": model.sklearn_version,  # recorded in the model file too
+        "temperature": temperature,
+        "val_ece_raw": round(calibration.expected_calibration_error(val_proba, y_val), 5),
+        "val_ece": round(calibration.expected_calibration_error(
+            model.predict_proba(x_val), y_val), 5),
     }
     return model, summary
 
