@@ -183,7 +183,8 @@ def test_api_json_entries_with_bad_features_are_reported_and_skipped(audio_model
     entries = api_entries(input_rows)
     del entries[1]["tempo"]
     entries[3]["energy"] = "loud"
-    entries[4]["mode"] = True
+    entries[4]["danceability"] = True  # a boolean is a number only for explicit and mode
+    entries[8]["mode"] = True
     entries[5]["key"] = None
     entries.insert(6, 42)
     (tmp_path / "songs.json").write_text(json.dumps({"audio_features": entries}))
@@ -193,7 +194,7 @@ def test_api_json_entries_with_bad_features_are_reported_and_skipped(audio_model
     assert out.stderr.splitlines() == [
         f"{source}: entry 2: field 'tempo': missing; entry skipped",
         f"{source}: entry 4: field 'energy': \"loud\" is not a number; entry skipped",
-        f"{source}: entry 5: field 'mode': true is not a number; entry skipped",
+        f"{source}: entry 5: field 'danceability': true is not a number; entry skipped",
         f"{source}: entry 6: field 'key': missing; entry skipped",
         f"{source}: entry 7: 42 is not an object; skipped",
     ]
@@ -282,10 +283,3 @@ def test_top_k_is_a_stable_sort_of_the_probabilities():
     for k in (1, 2, 3, 5, 19, 20):
         np.testing.assert_array_equal(top_k_classes(proba, k),
                                       np.argsort(-proba, axis=1, kind="stable")[:, :k])
-
-
-def test_one_api_object_is_one_entry(tmp_path):
-    from stages.predict import json_entries
-
-    (tmp_path / "one.json").write_text(' {"id": "x", "energy": 0.5, "tempo": 120}')
-    assert json_entries(tmp_path / "one.json") == [{"id": "x", "energy": 0.5, "tempo": 120}]
