@@ -246,7 +246,7 @@ def _duplicate(where: str, item: str, header: list[str], hits: list[int]) -> Use
 def mapping_note(sources: dict[str, Source], item: str, quiet: tuple[str, ...] = ()) -> str | None:
     """'read column track_popularity as popularity, duration as duration_ms' (None: nothing mapped)."""
     parts = []
-    for source in sources.values():
+    for source in sorted(sources.values(), key=lambda s: s.index):
         if source.via == "name" or (source.via == "alias" and source.name in quiet):
             continue
         how = [*(["seconds × 1000"] if source.scale != 1.0 else []),
@@ -447,13 +447,11 @@ class InputReader:
         return header
 
     def _lines(self) -> Iterator[str]:
-        line_number = 0
         try:
-            for line_number, line in enumerate(self._handle, start=1):  # noqa: B007
+            for line in self._handle:  # not `yield from`: closing this would close the file
                 yield line
         except UnicodeDecodeError:
-            raise UserError(f"{self.path}: not UTF-8 text (near line {line_number + 1}): save "
-                            "the file as UTF-8") from None
+            raise not_utf8(self.path) from None
 
     def _csv_batches(self) -> Iterator[tuple[list, list, list]]:
         """(positions, rows of the header's width, problems), chunk_rows records at a time."""
@@ -627,8 +625,7 @@ class JsonValues:
         try:
             text = self.handle.read(self.BLOCK)
         except UnicodeDecodeError:
-            raise UserError(f"{self.path}: not UTF-8 text (near line {self._line_of(len(self.buf))})"
-                            ": save the file as UTF-8") from None
+            raise not_utf8(self.path) from None
         if not text:
             self.eof = True
             return False
@@ -665,6 +662,7 @@ class JsonValues:
                 return ""
 
     def _value(self):
+        self._peek()  # raw_decode does not skip whitespace
         while True:
             try:
                 value, end = self.decoder.raw_decode(self.buf, self.pos)
@@ -753,6 +751,17 @@ class JsonValues:
                 yield line, self._value()
         else:
             raise _not_a_list(self.path)
+
+
+def not_utf8(path: Path) -> UserError:
+    """Which line is not UTF-8: the decoder reads ahead in blocks, so find it again by line."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return UserError(f"{path}: line {number}: not UTF-8 text (save the file as UTF-8)")
+    return UserError(f"{path}: not UTF-8 text (save the file as UTF-8)")
 
 
 def _not_a_list(path: Path) -> UserError:
