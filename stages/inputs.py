@@ -376,6 +376,10 @@ class InputReader:
             raise UserError(f"{self.path}: cannot be read ({exc.strerror})") from None
         try:
             self._open(renames)
+            # parse the first chunk now: its errors (decimal commas, a duration in seconds,
+            # most rows ragged) come before anything is said or written
+            self._chunks = self._parsed_chunks()
+            self._first_chunk = next(self._chunks, None)
         except BaseException:
             self._handle.close()
             raise
@@ -527,6 +531,13 @@ class InputReader:
     # --- both ---
 
     def chunks(self) -> Iterator[Chunk]:
+        """The file's chunks, in order (once)."""
+        if self._first_chunk is not None:
+            first, self._first_chunk = self._first_chunk, None
+            yield first
+        yield from self._chunks
+
+    def _parsed_chunks(self) -> Iterator[Chunk]:
         batches = self._csv_batches() if self.kind == "csv" else self._json_batches()
         first = True
         for positions, records, problems in batches:
