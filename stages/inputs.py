@@ -291,11 +291,12 @@ def _read_cell(value, boolean: bool, show) -> tuple[float, str | None]:
     return nan, f"{show(value)} does not fit a 64-bit float"
 
 
-def parse_column(raw: list, feature: str, decimal: str = ".",
-                 show=show_text) -> tuple[np.ndarray, dict[int, str]]:
+def parse_column(raw: list, feature: str, decimal: str = ".", show=show_text,
+                 text_only: bool = False) -> tuple[np.ndarray, dict[int, str]]:
     """Text (or JSON) values of one feature -> (float64 array, {row: what is wrong}).
 
     A bad value is NaN in the array. Raises DecimalComma for '0,856' unless decimal=','.
+    ``text_only``: every value is a str (a CSV column), so no need to look for others.
     """
     boolean = feature in BOOLEAN_FEATURES
     texts = raw
@@ -304,7 +305,7 @@ def parse_column(raw: list, feature: str, decimal: str = ".",
     if decimal == ",":
         texts = [v.replace(",", ".") if isinstance(v, str) else v for v in texts]
     try:  # the usual case: every value is number text (JSON true/false goes the slow way)
-        if not set(map(type, texts)) <= {str, JsonNumber}:
+        if not text_only and not set(map(type, texts)) <= {str, JsonNumber}:
             raise TypeError
         values = np.fromiter(map(float, texts), dtype=np.float64, count=len(texts))
         rows = np.flatnonzero(~np.isfinite(values))
@@ -424,64 +425,59 @@ class InputReader:
     # --- CSV ---
 
     def _csv_header(self) -> list[str]:
-        lines = 0
-        for line in self._lines():
-            lines += 1
-            if line.strip():
-                break
-        else:
-            raise UserError(f"{self.path}: file is empty")
-        unquoted = re.sub(r'"[^"]*"', "", line)
-        counts = {sep: unquoted.count(sep) for sep in SEPARATOR_NAMES}
-        self.separator = max(counts, key=lambda sep: (counts[sep], sep == ","))
-        if self.separator != ",":
-            self.notes.append(f"columns separated by {SEPARATOR_NAMES[self.separator]}")
-        self._handle.seek(0)
-        self._csv = csv.reader(self._lines(), delimiter=self.separator, quotechar='"',
-                               doublequote=True, strict=False)
         try:
-            for header in self._csv:
-                if header and any(f.strip() for f in header):
-                    break
+            line = next((line for line in self._handle if line.strip()), None)
+            if line is None:
+                raise UserError(f"{self.path}: file is empty")
+            unquoted = re.sub(r'"[^"]*"', "", line)
+            counts = {sep: unquoted.count(sep) for sep in SEPARATOR_NAMES}
+            self.separator = max(counts, key=lambda sep: (counts[sep], sep == ","))
+            if self.separator != ",":
+                self.notes.append(f"columns separated by {SEPARATOR_NAMES[self.separator]}")
+            self._handle.seek(0)
+            self._csv = csv.reader(self._handle, delimiter=self.separator, quotechar='"',
+                                   doublequote=True, strict=False)
+            header = next(fields for fields in self._csv if any(f.strip() for f in fields))
         except csv.Error as exc:
             raise UserError(f"{self.path}: line {self._csv.line_num}: not readable as CSV "
                             f"({exc})") from None
+        except UnicodeDecodeError:
+            raise not_utf8(self.path) from None
         self.header_line = self._csv.line_num
         self.width = len(header)
         return header
 
-    def _lines(self) -> Iterator[str]:
-        try:
-            for line in self._handle:  # not `yield from`: closing this would close the file
-                yield line
-        except UnicodeDecodeError:
-            raise not_utf8(self.path) from None
-
     def _csv_batches(self) -> Iterator[tuple[list, list, list]]:
         """(positions, rows of the header's width, problems), chunk_rows records at a time."""
-        reader, width, noun = self._csv, self.width, self.item + "s"
+        reader, width, noun, size = self._csv, self.width, self.item + "s", self.chunk_rows
         previous = reader.line_num
         positions, rows, problems = [], [], []
+        count = 0
         try:
             for fields in reader:
                 start, previous = previous + 1, reader.line_num
-                if len(fields) != width:
-                    if not fields or (len(fields) == 1 and not fields[0].strip()):
-                        continue  # a blank line
+                if len(fields) == width:
+                    positions.append(start)
+                    rows.append(fields)
+                elif not fields or (len(fields) == 1 and not fields[0].strip()):
+                    continue  # a blank line
+                else:
                     self.ragged += 1
                     problems.append((start, f"line {start}: {len(fields)} fields where the "
                                             f"header has {width} {noun}; row skipped"))
-                else:
-                    positions.append(start)
-                    rows.append(fields)
-                self.records += 1
-                if len(positions) + len(problems) >= self.chunk_rows:
+                count += 1
+                if count == size:
+                    self.records += count
                     yield positions, rows, problems
                     positions, rows, problems = [], [], []
+                    count = 0
         except csv.Error as exc:
             raise UserError(f"{self.path}: line {reader.line_num}: not readable as CSV "
                             f"({exc})") from None
-        if positions or problems:
+        except UnicodeDecodeError:
+            raise not_utf8(self.path) from None
+        self.records += count
+        if count:
             yield positions, rows, problems
 
     def _check_ragged(self) -> None:
@@ -543,7 +539,9 @@ class InputReader:
         for positions, records, problems in batches:
             if first and self.kind == "csv":
                 self._check_ragged()
-            yield self._parse(positions, records, problems, first)
+            chunk = self._parse(positions, records, problems, first)
+            del positions, records, problems  # not held while the next batch is read
+            yield chunk
             first = False
         if self.kind == "csv":
             self._check_ragged()
@@ -566,7 +564,7 @@ class InputReader:
                 continue
             try:
                 column, wrong = parse_column(self._raw_column(records, source), feature,
-                                             self.decimal, self.show)
+                                             self.decimal, self.show, self.kind == "csv")
             except DecimalComma as exc:
                 raise UserError(
                     f"{self.path}: {self.unit} {positions[exc.row]}: {self.item} "
@@ -587,9 +585,10 @@ class InputReader:
         keep[list(bad)] = False
         track_ids = passthrough = None
         if self.has_track_id:
-            track_ids = np.array([track_id_text(v) for v in
-                                  self._raw_column(records, self.sources[ID_COLUMN])],
-                                 dtype=object)[keep]
+            raw = self._raw_column(records, self.sources[ID_COLUMN])
+            if self.kind == "json" or any(p in "\n".join(raw) for p in URI_PREFIXES):
+                raw = [track_id_text(v) for v in raw]  # (a cheap look first: usually none)
+            track_ids = np.array(raw, dtype=object)[keep]
         if self.has_passthrough:
             raw = self._raw_column(records, self.sources[self.passthrough])
             passthrough = np.array(["" if v is None else v if isinstance(v, str)
