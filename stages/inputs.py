@@ -522,6 +522,7 @@ class InputReader:
                     problems.append((position, f"{self.unit} {position}: {show_json(value)} "
                                                "is not an object; skipped"))
             yield positions, objects, problems
+            batch = positions = objects = problems = value = None  # freed before the next
             batch = list(islice(self._entries, self.chunk_rows))
 
     # --- both ---
