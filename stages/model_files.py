@@ -13,6 +13,7 @@ one member. No format runs code from the file when it is loaded.
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from pathlib import Path
 
@@ -26,6 +27,7 @@ FEATURES_MEMBER = "features.json"
 MISSING_MEMBER = "missing.json"
 # the learned genre hierarchy (stage taxonomy's merges), for answers at any level
 TAXONOMY_MEMBER = "taxonomy.json"
+RANGES_MEMBER = "ranges.json"  # {feature: [min, max]} over the training rows (optional)
 TREE_SUFFIX = ".npz"
 # a blend: {"format", "version", "temperature", "members": [{"name", "file", "weight"}]}
 BLEND_MEMBER = "blend.json"
@@ -46,14 +48,18 @@ def family_file(family: str) -> Path:
 
 
 def save_model(model, path: Path, classes: list[str], features: list[str],
-               extra: dict | None = None) -> None:
-    """Save atomically, with the class and feature lists (and ``extra`` {member: JSON
-    value}) stored inside the .keras file."""
+               ranges: dict[str, list[float]] | None = None, extra: dict | None = None) -> None:
+    """Save atomically, with the class and feature lists, when given each feature's
+    training range (for predict's plausibility check), and ``extra`` {member: JSON value}
+    stored inside the .keras file."""
     with atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(CLASSES_MEMBER, json.dumps(classes))
             archive.writestr(FEATURES_MEMBER, json.dumps(list(features)))
+            if ranges is not None:
+                archive.writestr(RANGES_MEMBER, json.dumps(
+                    {f: [float(low), float(high)] for f, (low, high) in ranges.items()}))
             for name, value in (extra or {}).items():
                 archive.writestr(name, json.dumps(value))
 
@@ -252,6 +258,34 @@ def read_features(path: Path) -> list[str]:
     try:
         with zipfile.ZipFile(path) as archive:
             return _features_in(archive)
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise _not_ours(path, exc) from None
+
+
+def _ranges_in(archive: zipfile.ZipFile) -> dict[str, list[float]] | None:
+    if RANGES_MEMBER not in archive.namelist():
+        return None  # saved before models recorded ranges: no plausibility check
+    ranges = json.loads(archive.read(RANGES_MEMBER))
+    if not isinstance(ranges, dict) or not all(
+            name in FEATURES and isinstance(pair, list) and len(pair) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and math.isfinite(v) for v in pair) and pair[0] <= pair[1]
+            for name, pair in ranges.items()):
+        raise ValueError(f"{RANGES_MEMBER} is not {{feature: [min, max]}}")
+    return {name: [float(low), float(high)] for name, (low, high) in ranges.items()}
+
+
+def read_ranges(path: Path) -> dict[str, list[float]] | None:
+    """Each feature's training range {feature: [min, max]} stored with a model, or None
+    (a model saved without them, or a tree family's .npz, which does not store them yet)."""
+    path = Path(path)
+    if not path.is_file():
+        raise _missing_file(path)
+    if path.suffix == TREE_SUFFIX:
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return _ranges_in(archive)
     except (zipfile.BadZipFile, ValueError, OSError) as exc:
         raise _not_ours(path, exc) from None
 

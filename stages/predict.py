@@ -1,30 +1,32 @@
 """Label tracks with a trained model: top-k genres and their probabilities.
 
-    python -m stages.predict MODEL INPUT [-k 3] [-o OUT.csv]
+    python -m stages.predict MODEL INPUT [-k 3] [-o OUT.csv] [--decimal ,]
+                                         [--column SOURCE=FEATURE ...]
 
 MODEL is a family name (softmax, mlp, lstm -> models/NAME.keras), genre-classifier
 (the published model, models/genre-classifier.keras) or a path to a .keras file
 (e.g. one fetched with `dvc artifacts get`). The model asks only for the features
 it was trained on (all 15, or the 13 audio features with param features=audio).
 
-INPUT is a CSV with those feature columns, in any order (other columns are ignored,
-except track_id, which is passed through), or what Spotify's audio-features API
-returns: a file starting with `{` or `[` is read as JSON, either
-{"audio_features": [...]} or a bare list of objects (a single object also works);
-each object's `id` becomes the track_id, other extra fields are ignored. Rows or
-entries with a missing or non-numeric feature, and null entries (the API's answer
-for an unknown id), are reported on stderr and skipped.
+INPUT is a CSV (separated by commas, ';' or tabs) with those feature columns, in any
+order (other columns are ignored, except track_id, which is passed through), or what
+Spotify's audio-features API returns: a file starting with `{` or `[` is read as JSON,
+either {"audio_features": [...]}, a bare list of objects, one object, or JSON Lines;
+each object's `id` becomes the track_id. Other files' column names are read through
+stages.inputs.ALIASES, or renamed with --column. Rows or entries with a missing or
+non-numeric feature, a row with more or fewer fields than the header, and null entries
+(the API's answer for an unknown id) are reported on stderr and skipped; so are rows with
+a value far outside the model's training range (one line per column), when the model
+stores its ranges. The input is read and written in chunks: memory does not grow with it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, TextIO
 
 import numpy as np
 import pandas as pd
@@ -40,6 +42,7 @@ from stages.common import (
     atomic_path,
     cli,
 )
+from stages.inputs import DEFAULT_CHUNK_ROWS, InputReader, PlausibilityCheck, parse_renames
 from stages.model_files import family_file
 from stages.params import FAMILIES
 from stages.ranking import top_k_classes  # the tie rule evaluate counts with
@@ -48,7 +51,6 @@ from stages.ranking import top_k_classes  # the tie rule evaluate counts with
 AUDIO_NAME = "genre-classifier-audio"
 AUDIO_MODEL = MODELS_DIR / f"{AUDIO_NAME}.keras"
 MAX_REPORTED_ROWS = 20
-JSON_ID_FIELD = "id"  # the API's track id, written out as track_id
 # Track data, not audio descriptors: the audio-features API never returns them.
 NOT_FROM_THE_API = [f for f in FEATURES if f not in AUDIO_FEATURES]
 
@@ -57,24 +59,6 @@ def model_path(name: str) -> Path:
     if name in FAMILIES:
         return family_file(name)
     return {PUBLISHED_NAME: PUBLISHED_MODEL, AUDIO_NAME: AUDIO_MODEL}.get(name, Path(name))
-
-
-@dataclass
-class Records:
-    """Input rows as read, before their feature values are checked.
-
-    ``frame`` holds the model's feature columns (text for a CSV, JSON values for
-    JSON) and track_id when the input has one; ``positions`` is each row's number
-    in the file (CSV line, 1-based JSON entry), for messages and the output.
-    """
-
-    frame: pd.DataFrame
-    positions: np.ndarray
-    unit: str  # "line" or "entry": what ``positions`` count
-    item: str  # "column" or "field": what a feature is called in messages
-    show: Callable = repr  # how a bad value is quoted in messages
-    # (position, message) of records dropped while reading (JSON nulls, non-objects)
-    skipped: list[tuple[int, str]] = field(default_factory=list)
 
 
 def missing_features_error(path: Path, noun: str, missing: list[str],
@@ -89,127 +73,12 @@ def missing_features_error(path: Path, noun: str, missing: list[str],
     return UserError(message)
 
 
-def is_json(path: Path) -> bool:
-    """True when the content starts with '{' or '[' after whitespace (and a UTF-8 BOM)."""
-    with open(path, "rb") as handle:
-        head = handle.read(1 << 16).removeprefix(b"\xef\xbb\xbf").lstrip()
-        while not head:  # only whitespace so far
-            chunk = handle.read(1 << 16)
-            if not chunk:
-                return False
-            head = chunk.lstrip()
-    return head[:1] in (b"{", b"[")
-
-
-def read_csv_records(path: Path, features: list[str]) -> Records:
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except pd.errors.EmptyDataError:
-        raise UserError(f"{path}: file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not a readable CSV ({str(exc).strip().splitlines()[0]})") from None
-    missing = [c for c in features if c not in frame.columns]
+def check_missing(path: Path, missing: list[str], features: list[str], noun: str) -> None:
+    """The one place that decides whether a file that lacks some of the model's features
+    can be predicted. Today no model can: any missing one is an error (with the audio-model
+    hint). ``noun`` is what the file calls a feature: "column" or "field"."""
     if missing:
-        raise missing_features_error(path, "column", missing, features)
-    keep = [*features, *([ID_COLUMN] if ID_COLUMN in frame.columns else [])]
-    # +2: 1-based line numbers after the header line
-    return Records(frame[keep], np.arange(len(frame)) + 2, "line", "column")
-
-
-def json_entries(path: Path) -> list:
-    """The list of entries of an audio-features JSON file."""
-    try:
-        data = json.loads(path.read_bytes())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: "
-                        f"{exc.msg})") from None
-    except (UnicodeDecodeError, RecursionError) as exc:
-        raise UserError(f"{path}: not valid JSON ({type(exc).__name__})") from None
-    if isinstance(data, dict) and "audio_features" in data:
-        data = data["audio_features"]  # GET /audio-features?ids=...
-    elif isinstance(data, dict):
-        data = [data]  # GET /audio-features/{id}: one track's object
-    if not isinstance(data, list):
-        raise UserError(f"{path}: expected a list of audio-feature objects or "
-                        '{"audio_features": [...]}')
-    return data
-
-
-def read_json_records(path: Path, features: list[str]) -> Records:
-    entries = json_entries(path)
-    skipped, objects, positions = [], [], []
-    for number, entry in enumerate(entries, start=1):
-        if isinstance(entry, dict):
-            objects.append(entry)
-            positions.append(number)
-        elif entry is None:
-            skipped.append((number, f"entry {number}: null (unknown track id?); skipped"))
-        else:
-            skipped.append((number, f"entry {number}: {json.dumps(entry)[:40]} is not an "
-                                    "object; skipped"))
-    keys = set().union(*objects) if objects else set()
-    missing = [f for f in features if f not in keys]
-    if objects and missing:  # no entry has it: a missing column, not bad entries
-        raise missing_features_error(path, "field", missing, features)
-    frame = pd.DataFrame(objects, columns=[*features, JSON_ID_FIELD])
-    frame = frame.rename(columns={JSON_ID_FIELD: ID_COLUMN})
-    if JSON_ID_FIELD not in keys:
-        frame = frame.drop(columns=[ID_COLUMN])
-    return Records(frame, np.asarray(positions, dtype="int64"), "entry", "field",
-                   show=lambda value: json.dumps(value, default=str), skipped=skipped)
-
-
-def read_input(path: Path, features: list[str]) -> Records:
-    """The input's records with the model's ``features``; a missing one is an error."""
-    if not path.is_file():
-        raise UserError(f"{path}: input file not found")
-    if is_json(path):
-        return read_json_records(path, features)
-    return read_csv_records(path, features)
-
-
-def _text_numbers(values: pd.Series, column: str) -> pd.Series:
-    """CSV text -> float; explicit also reads true/false."""
-    text = values.str.strip()
-    numbers = pd.to_numeric(text, errors="coerce")
-    if column == "explicit":
-        numbers = text.str.lower().map({"true": 1.0, "false": 0.0}).fillna(numbers)
-    return numbers
-
-
-def _json_numbers(values: pd.Series, column: str) -> pd.Series:
-    """JSON values -> float: JSON numbers only (explicit also true/false), else NaN."""
-    if values.dtype.kind in "iuf":  # the usual case: every entry has a number
-        return values.astype("float64")
-    if values.dtype.kind == "b" and column == "explicit":
-        return values.astype("float64")
-    # bool is an int in Python but not a feature value, except for explicit
-    ok = values.map(lambda v: isinstance(v, (int, float))
-                    and (column == "explicit" or not isinstance(v, bool)))
-    return values.where(ok).astype("float64")
-
-
-def parse_features(records: Records,
-                   features: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Return (features of usable rows, their row indices, one message per skipped record)."""
-    frame = records.frame
-    convert = _text_numbers if records.unit == "line" else _json_numbers
-    numbers = pd.DataFrame({c: convert(frame[c], c) for c in features})
-    values = numbers.to_numpy(dtype="float64")
-    bad = ~np.isfinite(values)
-    problems = list(records.skipped)
-    noun = "row" if records.unit == "line" else "entry"
-    for row in np.flatnonzero(bad.any(axis=1)):
-        column = features[int(np.argmax(bad[row]))]
-        raw = frame[column].iloc[row]
-        what = "missing" if raw is None or (np.isscalar(raw) and pd.isna(raw)) \
-            else f"{records.show(raw)} is not a number"
-        position = int(records.positions[row])
-        problems.append((position, f"{records.unit} {position}: {records.item} {column!r}: "
-                                   f"{what}; {noun} skipped"))
-    problems.sort(key=lambda item: item[0])
-    usable = np.flatnonzero(~bad.any(axis=1))
-    return values[usable].astype("float32"), usable, [message for _, message in problems]
+        raise missing_features_error(path, noun, missing, features)
 
 
 def top_k_table(proba: np.ndarray, classes: list[str], k: int) -> pd.DataFrame:
@@ -223,34 +92,75 @@ def top_k_table(proba: np.ndarray, classes: list[str], k: int) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
-def capped(problems: list[str], unit: str) -> list[str]:
-    """The first MAX_REPORTED_ROWS messages, then how many more were skipped."""
-    if len(problems) <= MAX_REPORTED_ROWS:
-        return problems
-    more = len(problems) - MAX_REPORTED_ROWS
-    return [*problems[:MAX_REPORTED_ROWS],
-            f"... {more} more {'rows' if unit == 'line' else 'entries'} skipped"]
 
 
-def predict_file(model_name: str, input_path: Path, k: int) -> tuple[pd.DataFrame, list[str]]:
-    """(top-k table of the usable records, messages about the skipped ones, capped)."""
-    from stages.model_files import load_model, predict_proba, read_features  # noqa: PLC0415
-    from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
+class CappedMessages:
+    """Says the first MAX_REPORTED_ROWS skipped-row messages of a file, then how many more."""
+
+    def __init__(self, say: Callable[[str], None], unit: str):
+        self.say, self.unit, self.count = say, unit, 0
+
+    def add(self, problems: list[tuple[int, str]]) -> None:
+        for _, message in problems:
+            self.count += 1
+            if self.count <= MAX_REPORTED_ROWS:
+                self.say(message)
+
+    def finish(self) -> None:
+        if self.count > MAX_REPORTED_ROWS:
+            more = self.count - MAX_REPORTED_ROWS
+            self.say(f"... {more} more {'rows' if self.unit == 'line' else 'entries'} skipped")
+
+
+def predict_tables(model_file: Path, input_path: Path, k: int, say: Callable[[str], None], *,
+                   decimal: str = ".", renames: dict[str, str] | None = None,
+                   chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """The top-k table of each chunk's usable rows, in file order; every message about the
+    input goes to ``say`` as it comes (``say`` adds the file name)."""
+    from stages.model_files import load_model, predict_proba, read_features, read_ranges  # noqa: PLC0415
 
     # the feature list is read from the model's zip: input errors need no TensorFlow
-    features = read_features(model_path(model_name))
-    records = read_input(input_path, features)
-    x, rows, problems = parse_features(records, features)
-    problems = capped(problems, records.unit)
-    if len(rows) == 0:
-        return pd.DataFrame(), problems
-    quiet_tensorflow()
-    model, classes, _ = load_model(model_path(model_name))
-    table = top_k_table(predict_proba(model, x), classes, k)
-    table.insert(0, records.unit, records.positions[rows])
-    if ID_COLUMN in records.frame.columns:
-        table.insert(0, ID_COLUMN, records.frame[ID_COLUMN].iloc[rows].to_numpy())
-    return table, problems
+    features = read_features(model_file)
+    ranges = read_ranges(model_file)
+    with InputReader(input_path, features, decimal=decimal, renames=renames,
+                     chunk_rows=chunk_rows) as reader:
+        for note in reader.notes:
+            say(note)
+        check_missing(input_path, reader.missing, features, reader.item)
+        plausibility = PlausibilityCheck(input_path, features, ranges, reader.unit)
+        messages = CappedMessages(say, reader.unit)
+        model = classes = None
+        for chunk in reader.chunks():
+            messages.add(chunk.problems)
+            usable = ~plausibility.skip(chunk.values, chunk.positions)
+            if not usable.any():
+                continue
+            if model is None:
+                from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
+
+                quiet_tensorflow()
+                model, classes, _ = load_model(model_file)
+            table = top_k_table(predict_proba(model, chunk.values[usable].astype("float32")),
+                                classes, k)
+            table.insert(0, reader.unit, chunk.positions[usable])
+            if chunk.track_ids is not None:
+                table.insert(0, ID_COLUMN, chunk.track_ids[usable])
+            yield table
+        messages.finish()
+        plausibility.check_majority()
+        for line in plausibility.summary():
+            say(line)
+
+
+def write_tables(tables: Iterator[pd.DataFrame], handle: TextIO, input_path: Path) -> int:
+    """Write each table as it comes (one header); the number of rows written."""
+    rows = 0
+    for table in tables:
+        table.to_csv(handle, index=False, header=rows == 0)
+        rows += len(table)
+    if rows == 0:
+        raise UserError(f"{input_path}: no row could be predicted")
+    return rows
 
 
 @cli
@@ -264,24 +174,35 @@ def main(argv: list[str] | None = None) -> None:
                         "or the JSON of Spotify's audio-features API")
     parser.add_argument("-k", type=int, default=3, help="how many genres per track (default 3)")
     parser.add_argument("-o", "--output", type=Path, help="output CSV (default: stdout)")
+    parser.add_argument("--decimal", choices=[".", ","], default=".",
+                        help="the input's decimal mark (default '.'; ',' for 0,856)")
+    parser.add_argument("--column", action="append", metavar="SOURCE=FEATURE",
+                        help="read the input's column SOURCE as FEATURE (repeatable; "
+                        "FEATURE=duration_s reads seconds as duration_ms)")
+    parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS,
+                        help=argparse.SUPPRESS)  # tests: chunk boundaries in small files
     args = parser.parse_args(argv)
     if args.k < 1:
         raise UserError(f"-k {args.k}: must be >= 1")
+    renames = parse_renames(args.column)
     model_file = model_path(args.model)
     if not model_file.is_file():
         raise UserError(f"{model_file}: model file not found (train it: dvc repro, or get it: dvc pull)")
-    table, problems = predict_file(args.model, args.input, args.k)
-    for message in problems:
-        print(f"{args.input}: {message}", file=sys.stderr)
-    if table.empty:
-        raise UserError(f"{args.input}: no row could be predicted")
+
+    def say(message: str) -> None:
+        print(f"{args.input}: {message}", file=sys.stderr, flush=True)
+
+    tables = predict_tables(model_file, args.input, args.k, say, decimal=args.decimal,
+                            renames=renames, chunk_rows=args.chunk_rows)
     if args.output:
         with atomic_path(args.output, suffix=".csv") as tmp:
-            table.to_csv(tmp, index=False)
-        print(f"predict: {len(table)} rows -> {args.output}", file=sys.stderr)
+            with open(tmp, "w", newline="") as handle:
+                rows = write_tables(tables, handle, args.input)
+        print(f"predict: {rows} rows -> {args.output}", file=sys.stderr)
     else:
         try:
-            table.to_csv(sys.stdout, index=False)
+            write_tables(tables, sys.stdout, args.input)
+            sys.stdout.flush()
         except BrokenPipeError:  # e.g. piped into `head`: stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 

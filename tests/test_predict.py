@@ -183,7 +183,8 @@ def test_api_json_entries_with_bad_features_are_reported_and_skipped(audio_model
     entries = api_entries(input_rows)
     del entries[1]["tempo"]
     entries[3]["energy"] = "loud"
-    entries[4]["mode"] = True
+    entries[4]["danceability"] = True  # a boolean is a number only for explicit and mode
+    entries[8]["mode"] = True
     entries[5]["key"] = None
     entries.insert(6, 42)
     (tmp_path / "songs.json").write_text(json.dumps({"audio_features": entries}))
@@ -193,7 +194,7 @@ def test_api_json_entries_with_bad_features_are_reported_and_skipped(audio_model
     assert out.stderr.splitlines() == [
         f"{source}: entry 2: field 'tempo': missing; entry skipped",
         f"{source}: entry 4: field 'energy': \"loud\" is not a number; entry skipped",
-        f"{source}: entry 5: field 'mode': true is not a number; entry skipped",
+        f"{source}: entry 5: field 'danceability': true is not a number; entry skipped",
         f"{source}: entry 6: field 'key': missing; entry skipped",
         f"{source}: entry 7: 42 is not an object; skipped",
     ]
@@ -284,8 +285,214 @@ def test_top_k_is_a_stable_sort_of_the_probabilities():
                                       np.argsort(-proba, axis=1, kind="stable")[:, :k])
 
 
-def test_one_api_object_is_one_entry(tmp_path):
-    from stages.predict import json_entries
+# --- reading real-world files (stages/inputs.py), in-process: one TensorFlow import -----------
 
-    (tmp_path / "one.json").write_text(' {"id": "x", "energy": 0.5, "tempo": 120}')
-    assert json_entries(tmp_path / "one.json") == [{"id": "x", "energy": 0.5, "tempo": 120}]
+
+def predict_here(capsys, *args):
+    """(exit code, stdout, stderr lines) of predict run in this process."""
+    from stages import predict
+
+    try:
+        predict.main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err.splitlines()
+
+
+@pytest.fixture(scope="module")
+def ranged_model_file(tmp_path_factory):
+    """A softmax model that stores each feature's training range (ranges.json)."""
+    from stages import model_files, train
+    from stages.inputs import feature_ranges
+    from stages.split import clean
+
+    frame, _ = clean(make_tracks(rows_per_genre=30))
+    frame["label"] = frame["track_genre"]
+    classes = sorted(frame["label"].unique())
+    params = validate("softmax", {"epochs": 1, "batch_size": 32})
+    model, _, _ = train.train("softmax", params, frame, frame, classes)
+    path = tmp_path_factory.mktemp("model") / "ranged.keras"
+    ranges = feature_ranges(frame[FEATURES].to_numpy("float64"), FEATURES)
+    model_files.save_model(model, path, classes, FEATURES, ranges=ranges)
+    return path, ranges
+
+
+def csv_lines(rows: pd.DataFrame) -> list[str]:
+    return rows.to_csv(index=False).splitlines()
+
+
+def test_ragged_rows_are_skipped_never_shifted(model_file, input_rows, tmp_path, capsys):
+    path, _ = model_file
+    lines = csv_lines(input_rows)
+    (tmp_path / "clean.csv").write_text("\n".join(lines) + "\n")
+    shifted = [lines[0]] + [f"{i},{line}" for i, line in enumerate(lines[1:])]
+    lines[2] += ",1"  # a trailing field: pandas used to shift every column of the file by one
+    lines[5] = lines[5].rsplit(",", 1)[0]  # a field short
+    (tmp_path / "ragged.csv").write_text("\n".join(lines) + "\n")
+    code, clean, _ = predict_here(capsys, path, tmp_path / "clean.csv")
+    code, ragged, err = predict_here(capsys, path, tmp_path / "ragged.csv")
+    assert code == 0
+    source = tmp_path / "ragged.csv"
+    assert err == [f"{source}: line 3: 20 fields where the header has 19 columns; row skipped",
+                   f"{source}: line 6: 18 fields where the header has 19 columns; row skipped"]
+    expected = pd.read_csv(io.StringIO(clean))
+    expected = expected[~expected["line"].isin([3, 6])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(pd.read_csv(io.StringIO(ragged)), expected)
+    # every row ragged (a header without the index column's name): refused, nothing written
+    (tmp_path / "shifted.csv").write_text("\n".join(shifted))
+    code, out, err = predict_here(capsys, path, tmp_path / "shifted.csv", "-o", tmp_path / "o.csv")
+    assert code == 2 and out == "" and not (tmp_path / "o.csv").exists()
+    assert err == [f"error: {tmp_path / 'shifted.csv'}: 10 of 10 rows have more or fewer fields "
+                   "than the header's 19 (line 1): a header that lacks a name, or a trailing "
+                   "separator? nothing was predicted"]
+
+
+def test_separators_decimal_commas_and_json_lines_give_the_same_predictions(
+        model_file, input_rows, tmp_path, capsys):
+    path, _ = model_file
+    input_rows.to_csv(tmp_path / "comma.csv", index=False)
+    input_rows.to_csv(tmp_path / "semicolon.csv", index=False, sep=";")
+    input_rows.to_csv(tmp_path / "tab.tsv", index=False, sep="\t")
+    input_rows.to_csv(tmp_path / "european.csv", index=False, sep=";", decimal=",")
+    code, expected, err = predict_here(capsys, path, tmp_path / "comma.csv")
+    assert code == 0 and err == []
+    for name, options, note in [("semicolon.csv", [], "columns separated by ';'"),
+                                ("tab.tsv", [], "columns separated by tabs"),
+                                ("european.csv", ["--decimal", ","], "columns separated by ';'")]:
+        code, out, err = predict_here(capsys, path, tmp_path / name, *options)
+        assert code == 0 and err == [f"{tmp_path / name}: {note}"], err
+        assert out == expected, name
+    code, out, err = predict_here(capsys, path, tmp_path / "european.csv")
+    assert code == 2 and out == ""
+    assert len(err) == 1 and err[0].startswith(
+        f"error: {tmp_path / 'european.csv'}: line 2: column 'danceability': '0,")
+    assert err[0].endswith("' has a decimal comma: pass --decimal , if the file writes "
+                           "decimals with a comma")
+    # JSON Lines with quoted numbers: the same answers, by line
+    lines = [json.dumps({k: str(v) for k, v in row.items()}) for row in
+             input_rows.to_dict("records")]
+    (tmp_path / "songs.jsonl").write_text("\n".join(lines) + "\n")
+    code, out, err = predict_here(capsys, path, tmp_path / "songs.jsonl")
+    assert code == 0 and err == []
+    table = pd.read_csv(io.StringIO(out))
+    assert table["line"].tolist() == list(range(1, 11))
+    pd.testing.assert_frame_equal(table.drop(columns=["line"]),
+                                  pd.read_csv(io.StringIO(expected)).drop(columns=["line"]))
+
+
+def test_chunked_predict_equals_whole_file_predict(model_file, tmp_path, capsys):
+    path, _ = model_file
+    rows = make_tracks(rows_per_genre=8).drop(columns=["Unnamed: 0", "track_genre"])
+    lines = csv_lines(rows)
+    lines[4] = lines[4] + ",extra"  # line 5: 2nd of chunk 2 (chunks of 4 records)
+    lines[8] = lines[8].rsplit(",", 1)[0] + ",fast"  # line 9: last of chunk 2
+    lines[9] = lines[9].rsplit(",", 2)[0]  # line 10: first of chunk 3
+    lines.insert(12, "")  # a blank line: the rest one line down
+    (tmp_path / "in.csv").write_text("\n".join(lines) + "\n")
+    whole = predict_here(capsys, path, tmp_path / "in.csv")
+    chunked = predict_here(capsys, path, tmp_path / "in.csv", "--chunk-rows", 4)
+    assert whole[0] == chunked[0] == 0
+    assert chunked == whole
+    source = tmp_path / "in.csv"
+    assert whole[2][:3] == [
+        f"{source}: line 5: 20 fields where the header has 19 columns; row skipped",
+        f"{source}: line 9: column 'time_signature': 'fast' is not a number; row skipped",
+        f"{source}: line 10: 17 fields where the header has 19 columns; row skipped",
+    ]
+    table = pd.read_csv(io.StringIO(whole[1]))
+    assert len(table) == len(rows) - 3 and 13 not in table["line"].tolist()
+    assert table["line"].iloc[-1] == len(rows) + 2  # header + blank line
+    code, _, err = predict_here(capsys, path, tmp_path / "in.csv", "--chunk-rows", 4,
+                                "-o", tmp_path / "out.csv")
+    assert code == 0 and (tmp_path / "out.csv").read_text() == whole[1]
+    # more than MAX_REPORTED_ROWS bad rows over many chunks: capped as before
+    bad = [line.rsplit(",", 1)[0] + ",x" if 1 <= i <= 25 else line
+           for i, line in enumerate(csv_lines(rows))]
+    (tmp_path / "bad.csv").write_text("\n".join(bad) + "\n")
+    code, _, err = predict_here(capsys, path, tmp_path / "bad.csv", "--chunk-rows", 4)
+    assert len(err) == 21 and err[-1] == f"{tmp_path / 'bad.csv'}: ... 5 more rows skipped"
+    assert err[19].startswith(f"{tmp_path / 'bad.csv'}: line 21: column 'time_signature'")
+
+
+def test_implausible_values_are_counted_per_column_and_a_wrong_unit_refused(
+        ranged_model_file, model_file, input_rows, tmp_path, capsys):
+    path, ranges = ranged_model_file
+    rows = input_rows.copy()
+    rows.loc[1, "danceability"] = 73  # a percentage
+    rows.loc[4, "duration_ms"] = 215  # seconds
+    rows.loc[7, "duration_ms"] = 198
+    rows.loc[8, "tempo"] = ranges["tempo"][1] * 1.1  # fast, but plausible
+    rows.to_csv(tmp_path / "songs.csv", index=False)
+    code, out, err = predict_here(capsys, path, tmp_path / "songs.csv")
+    assert code == 0
+    low, high = ranges["duration_ms"]
+    assert err == [  # in the model's feature order
+        f"{tmp_path / 'songs.csv'}: duration_ms: 2 of 10 values look like seconds (outside "
+        f"{low:,.0f}–{high:,.0f} ms); rows skipped (first: line 6, 9)",
+        f"{tmp_path / 'songs.csv'}: danceability: 1 of 10 values far outside the training range "
+        f"0–{ranges['danceability'][1]:.4g}; rows skipped (first: line 3)",
+    ]
+    assert pd.read_csv(io.StringIO(out))["line"].tolist() == [2, 4, 5, 7, 8, 10, 11]
+    # a model without ranges: no check (the others still predict them)
+    code, out, err = predict_here(capsys, model_file[0], tmp_path / "songs.csv")
+    assert code == 0 and err == [] and len(pd.read_csv(io.StringIO(out))) == 10
+    seconds = input_rows.assign(duration_ms=input_rows["duration_ms"] / 1000)
+    seconds.to_csv(tmp_path / "seconds.csv", index=False)
+    code, out, err = predict_here(capsys, path, tmp_path / "seconds.csv", "-o", tmp_path / "o.csv")
+    assert code == 2 and not (tmp_path / "o.csv").exists()
+    assert err == [f"error: {tmp_path / 'seconds.csv'}: duration_ms: 10 of 10 values look like "
+                   f"seconds (outside {low:,.0f}–{high:,.0f} ms): multiply by 1000, or pass "
+                   "--column duration_ms=duration_s"]
+    code, out, err = predict_here(capsys, path, tmp_path / "seconds.csv", "--column",
+                                  "duration_ms=duration_s")
+    assert code == 0 and len(pd.read_csv(io.StringIO(out))) == 10, err
+
+
+def test_other_files_column_names(model_file, input_rows, tmp_path, capsys):
+    path, _ = model_file
+    input_rows.to_csv(tmp_path / "ours.csv", index=False)
+    code, expected, _ = predict_here(capsys, path, tmp_path / "ours.csv")
+    theirs = input_rows.rename(columns={"popularity": "track_popularity",
+                                        "duration_ms": "duration", "track_id": "uri",
+                                        "time_signature": "Time Signature", "energy": "ENERGY"})
+    theirs["uri"] = "spotify:track:" + theirs["uri"]
+    theirs["explicit"] = theirs["explicit"].map({True: "TRUE", False: "false"})
+    theirs.to_csv(tmp_path / "theirs.csv", index=False)
+    code, out, err = predict_here(capsys, path, tmp_path / "theirs.csv")
+    assert code == 0 and out == expected
+    assert err == [f"{tmp_path / 'theirs.csv'}: read column uri as track_id, track_popularity "
+                   "as popularity, duration as duration_ms"]
+    theirs["duration"] = theirs["duration"] / 1000
+    theirs.to_csv(tmp_path / "seconds.csv", index=False)
+    code, out, err = predict_here(capsys, path, tmp_path / "seconds.csv")
+    assert code == 2 and out == "" and len(err) == 1
+    assert err[0].startswith(f"error: {tmp_path / 'seconds.csv'}: column 'duration' looks like "
+                             "seconds (median ")
+    assert err[0].endswith("pass --column duration=duration_s (or rename it duration_s)")
+    code, out, err = predict_here(capsys, path, tmp_path / "seconds.csv", "--column",
+                                  "duration=duration_s")
+    assert code == 0 and out == expected
+    code, out, err = predict_here(capsys, path, tmp_path / "theirs.csv", "--column", "bad")
+    assert code == 2 and err == ["error: --column bad: expected SOURCE=FEATURE (e.g. --column "
+                                 "length=duration_ms)"]
+
+
+def test_ranges_travel_in_the_model_file(ranged_model_file, model_file, tmp_path):
+    import zipfile
+
+    from stages.model_files import read_ranges
+
+    path, ranges = ranged_model_file
+    assert read_ranges(path) == ranges and read_ranges(model_file[0]) is None
+    (tmp_path / "forest.npz").write_bytes(b"")
+    assert read_ranges(tmp_path / "forest.npz") is None  # tree files store none yet
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(model_file[0].read_bytes())
+    with zipfile.ZipFile(broken, "a") as archive:
+        archive.writestr("ranges.json", '{"tempo": [1, NaN]}')
+    from stages.common import UserError
+
+    with pytest.raises(UserError, match="not a model saved by this project"):
+        read_ranges(broken)
