@@ -144,9 +144,22 @@ def blend(params, classes: list[str], val) -> tuple[dict, list, list[str]]:
     return report, kept, [f for f in FEATURES if f in used]
 
 
+def member_ranges(paths: list, features: list[str]) -> dict[str, list[float]]:
+    """Each feature's training range over the members' own (the same training rows, so
+    the same ranges, for members of one run)."""
+    from stages.model_files import read_ranges  # noqa: PLC0415
+
+    ranges: dict[str, list[float]] = {}
+    for path in paths:
+        for feature, (low, high) in (read_ranges(path) or {}).items():
+            old = ranges.get(feature, [low, high])
+            ranges[feature] = [min(old[0], low), max(old[1], high)]
+    return {f: ranges[f] for f in features if f in ranges}
+
+
 @cli
 def main(argv: list[str] | None = None) -> None:
-    from stages.model_files import family_file, save_blend  # noqa: PLC0415
+    from stages.model_files import RANGES_MEMBER, family_file, save_blend  # noqa: PLC0415
     from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -156,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     classes = read_classes()
     report, kept, features = blend(params, classes, read_labeled("val"))
     report["features"] = features
-    save_blend(family_file(BLEND), kept, classes, features, report["temperature"])
+    save_blend(family_file(BLEND), kept, classes, features, report["temperature"],
+               extra={RANGES_MEMBER: member_ranges([path for _, path, _ in kept], features)})
     write_json(REPORTS_DIR / "blend.json", report)
     weights = ", ".join(f"{name} {weight:.3f}" for name, _, weight in kept)
     val = report["validation"][BLEND]

@@ -178,6 +178,15 @@ def read_json(path: str | os.PathLike):
     return json.loads(path.read_text())
 
 
+def feature_ranges(values: np.ndarray, features: list[str]) -> dict[str, list[float]]:
+    """Each feature's [min, max] over training rows (what a model file stores as ranges.json)."""
+    import numpy as np  # noqa: PLC0415
+
+    values = np.asarray(values, dtype=np.float64)
+    return {f: [float(np.nanmin(values[:, j])), float(np.nanmax(values[:, j]))]
+            for j, f in enumerate(features)}
+
+
 def read_labeled(split: str) -> pd.DataFrame:
     return read_parquet(LABELED_DIR / f"{split}.parquet")
 

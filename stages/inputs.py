@@ -783,13 +783,6 @@ def _not_a_list(path: Path) -> UserError:
 # --- plausibility -----------------------------------------------------------------------------
 
 
-def feature_ranges(values: np.ndarray, features: list[str]) -> dict[str, list[float]]:
-    """Each feature's [min, max] over training rows (what a model file stores as ranges.json)."""
-    values = np.asarray(values, dtype=np.float64)
-    return {f: [float(np.nanmin(values[:, j])), float(np.nanmax(values[:, j]))]
-            for j, f in enumerate(features)}
-
-
 def plausible_bounds(feature: str, low: float, high: float) -> tuple[float, float]:
     """The interval outside which a value of ``feature`` is implausible (the rule above)."""
     if feature in LOG_SCALE_FEATURES:

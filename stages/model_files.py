@@ -254,7 +254,7 @@ def read_features(path: Path) -> list[str]:
     if path.suffix == TREE_SUFFIX:
         from stages import trees  # noqa: PLC0415
 
-        return trees.load(path)[2]
+        return trees.load(path, compiled=False)[2]
     try:
         with zipfile.ZipFile(path) as archive:
             return _features_in(archive)
@@ -277,12 +277,15 @@ def _ranges_in(archive: zipfile.ZipFile) -> dict[str, list[float]] | None:
 
 def read_ranges(path: Path) -> dict[str, list[float]] | None:
     """Each feature's training range {feature: [min, max]} stored with a model, or None
-    (a model saved without them, or a tree family's .npz, which does not store them yet)."""
+    (a model saved without them)."""
     path = Path(path)
     if not path.is_file():
         raise _missing_file(path)
     if path.suffix == TREE_SUFFIX:
-        return None
+        from stages import trees  # noqa: PLC0415
+
+        ranges = trees.load(path, compiled=False)[0].ranges
+        return {f: [float(low), float(high)] for f, (low, high) in ranges.items()} if ranges else None
     try:
         with zipfile.ZipFile(path) as archive:
             return _ranges_in(archive)

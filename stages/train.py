@@ -27,6 +27,7 @@ from stages.common import (
     PLOTS_DIR,
     REPORTS_DIR,
     cli,
+    feature_ranges,
     label_indices,
     read_classes,
     read_labeled,
@@ -221,7 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     from stages.models import MIN_FEATURES, accepts_missing  # noqa: PLC0415
 
     extra = {MISSING_MEMBER: {"min_features": MIN_FEATURES}} if accepts_missing(model) else {}
-    save_model(model, MODELS_DIR / f"{name}.keras", classes, features, extra)
+    ranges = feature_ranges(train_frame[features].to_numpy("float64"), features)
+    save_model(model, MODELS_DIR / f"{name}.keras", classes, features, ranges, extra)
     print(f"train {name} ({args.family}, {len(features)} features): "
           f"val accuracy {summary['val_accuracy']:.4f}, "
           f"{summary['epochs_run']} epochs, {summary['train_seconds']} s, "

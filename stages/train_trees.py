@@ -19,6 +19,7 @@ from stages.common import (
     REPORTS_DIR,
     UserError,
     cli,
+    feature_ranges,
     label_indices,
     read_classes,
     read_labeled,
@@ -82,10 +83,12 @@ def main(argv: list[str] | None = None) -> None:
     check_fits_features(args.family, params, feature_set)  # before reading data or fitting
     features = FEATURE_SETS[feature_set]
     classes = read_classes()
-    model, summary = train(args.family, params, read_labeled("train"), read_labeled("val"),
-                           classes, features)
+    train_frame = read_labeled("train")
+    model, summary = train(args.family, params, train_frame, read_labeled("val"), classes,
+                           features)
     write_json(REPORTS_DIR / "train" / f"{args.family}.json", summary)
-    trees.save(model, family_file(args.family), classes, features)
+    ranges = feature_ranges(train_frame[features].to_numpy("float64"), features)
+    trees.save(model, family_file(args.family), classes, features, ranges=ranges)
     print(f"train {args.family} ({len(features)} features): "
           f"val accuracy {summary['val_accuracy']:.4f}, {summary['trees']} trees, "
           f"{summary['train_seconds']} s")

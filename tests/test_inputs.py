@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from stages import inputs
+from stages import common, inputs
 from stages.common import UserError
 from stages.inputs import InputReader, implausible, parse_column
 
@@ -406,6 +406,6 @@ def test_plausibility_check_says_one_line_per_column_and_refuses_a_wrong_unit(tm
 
 
 def test_feature_ranges():
-    ranges = inputs.feature_ranges(np.array([[1.0, 5], [3, -2], [2, np.nan]]), ["a", "b"])
+    ranges = common.feature_ranges(np.array([[1.0, 5], [3, -2], [2, np.nan]]), ["a", "b"])
     assert ranges == {"a": [1.0, 3.0], "b": [-2.0, 5.0]}
     assert all(math.isfinite(v) for pair in ranges.values() for v in pair)

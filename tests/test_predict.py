@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -305,7 +306,7 @@ def predict_here(capsys, *args):
 def ranged_model_file(tmp_path_factory):
     """A softmax model that stores each feature's training range (ranges.json)."""
     from stages import model_files, train
-    from stages.inputs import feature_ranges
+    from stages.common import feature_ranges
     from stages.split import clean
 
     frame, _ = clean(make_tracks(rows_per_genre=30))
@@ -486,8 +487,14 @@ def test_ranges_travel_in_the_model_file(ranged_model_file, model_file, tmp_path
 
     path, ranges = ranged_model_file
     assert read_ranges(path) == ranges and read_ranges(model_file[0]) is None
-    (tmp_path / "forest.npz").write_bytes(b"")
-    assert read_ranges(tmp_path / "forest.npz") is None  # tree files store none yet
+    from stages import trees
+    from stages.params import validate as check
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((60, len(FEATURES))).astype("float32"), np.repeat([0, 1, 2], 20)
+    forest = trees.fit("forest", check("forest", {"n_estimators": 3}), x, y, None, None, 3)
+    trees.save(forest, tmp_path / "forest.npz", ["a", "b", "c"], FEATURES, ranges=ranges)
+    assert read_ranges(tmp_path / "forest.npz") == ranges  # tree files carry them too
     broken = tmp_path / "broken.keras"
     broken.write_bytes(model_file[0].read_bytes())
     with zipfile.ZipFile(broken, "a") as archive:
