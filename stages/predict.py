@@ -66,30 +66,108 @@ def missing_features_error(path: Path, noun: str, missing: list[str],
     message = f"{path}: missing feature {noun}(s) {', '.join(missing)}"
     # The usual case: audio features from the API fed to a model of all 15.
     if set(features) == set(FEATURES) and set(missing) <= set(NOT_FROM_THE_API):
-        message += (f": this model takes all {len(FEATURES)} features; the {AUDIO_NAME} model "
-                    f"needs only the {len(AUDIO_FEATURES)} audio features (python -m "
-                    f"stages.predict {AUDIO_NAME} FILE, or every family: "
-                    "dvc exp run -S features=audio)")
+        message += (f": this model takes all {len(FEATURES)} features; the published "
+                    f"{PUBLISHED_NAME} answers without them (python -m stages.predict "
+                    f"{PUBLISHED_NAME} FILE)")
     return UserError(message)
 
 
-def check_missing(path: Path, missing: list[str], features: list[str], noun: str) -> None:
-    """The one place that decides whether a file that lacks some of the model's features
-    can be predicted. Today no model can: any missing one is an error (with the audio-model
-    hint). ``noun`` is what the file calls a feature: "column" or "field"."""
-    if missing:
-        raise missing_features_error(path, noun, missing, features)
+def features_to_hide(path: Path, missing: list[str], present: list[str], features: list[str],
+                     masking: dict | None, noun: str, use_popularity: bool,
+                     say: Callable[[str], None]) -> list[str]:
+    """The one place that decides what a model does without some of its features; returns
+    the features it answers without (in the model's order).
+
+    A model that takes missing features (``masking``: its MISSING_MEMBER) answers
+    without the columns the file lacks, down to ``min_features``, and leaves out
+    popularity and explicit unless ``use_popularity``: popularity measured at another
+    time or in another dataset does not mean what it meant in the training data. Any
+    other model needs every one of its features.
+    """
+    if masking is None:
+        if missing:
+            raise missing_features_error(path, noun, missing, features)
+        return []
+    left_out = [] if use_popularity else [f for f in present if f in NOT_FROM_THE_API]
+    hidden = [f for f in features if f in missing or f in left_out]
+    fewest = int(masking.get("min_features", 1))
+    if len(features) - len(hidden) < fewest:
+        raise UserError(f"{path}: only {len(features) - len(hidden)} of the model's "
+                        f"{len(features)} features (missing {noun}(s): {', '.join(missing)}"
+                        f"{'; popularity and explicit are left out unless --use-popularity' if left_out else ''}"
+                        f"): it needs at least {fewest}")
+    if left_out:
+        say(f"{', '.join(left_out)} left out: popularity from another dataset or time does not "
+            "mean what it meant in the training data (--use-popularity to use it)")
+    if hidden:
+        say(f"predicting without {', '.join(hidden)}: {missing_cost(masking, hidden)}")
+    return hidden
 
 
-def top_k_table(proba: np.ndarray, classes: list[str], k: int) -> pd.DataFrame:
+def missing_cost(masking: dict, hidden: list[str]) -> str:
+    """What answering without ``hidden`` costs, as the pipeline measured it on the test split."""
+    accuracy = masking.get("test_accuracy") or {}
+    if "" not in accuracy:
+        return "its cost was not measured for this model file (the published one carries it)"
+    full = f"with every feature {accuracy['']:.3f}"
+    key = ",".join(hidden)
+    if key in accuracy:
+        return f"test accuracy {accuracy[key]:.3f} ({full})"
+    return f"test accuracy not measured for this set of missing features ({full})"
+
+
+def top_k_table(proba: np.ndarray, classes: list[str], k: int,
+                label: str = "genre") -> pd.DataFrame:
     k = min(k, proba.shape[1])
     top = top_k_classes(proba, k)
     names = np.asarray(classes)
     table = {}
     for rank in range(k):
-        table[f"genre_{rank + 1}"] = names[top[:, rank]]
+        table[f"{label}_{rank + 1}"] = names[top[:, rank]]
         table[f"prob_{rank + 1}"] = np.round(np.take_along_axis(proba, top[:, rank:rank + 1], 1)[:, 0], 5)
     return pd.DataFrame(table)
+
+
+class Answers:
+    """How probabilities become the output table: top-k genres (plus the learned group of
+    the first one and that group's summed probability, when the model carries its genre
+    hierarchy), or with ``level`` the top-k classes of the hierarchy at that many classes."""
+
+    def __init__(self, model_file: Path, k: int, level: int | None):
+        from stages.model_files import CLASSES_MEMBER, TAXONOMY_MEMBER, read_member  # noqa: PLC0415
+
+        self.k, self.level = k, level
+        self.hierarchy = read_member(model_file, TAXONOMY_MEMBER)
+        if level is not None and self.hierarchy is None:
+            raise UserError(f"--level {level}: {model_file} carries no genre hierarchy (the "
+                            f"published {PUBLISHED_NAME} does: dvc repro publish)")
+        self.fold = None
+        if self.hierarchy is not None:  # an impossible level fails before any input is read
+            self.ready(read_member(model_file, CLASSES_MEMBER))
+
+    def ready(self, classes: list[str]) -> None:
+        """Check the level against the model's classes (an impossible one: one error line)."""
+        from stages.taxonomy import DEFAULT_GROUP_LEVEL, level_fold  # noqa: PLC0415
+
+        if self.level is not None:
+            self.fold = level_fold(self.hierarchy, classes, self.level)
+        elif self.hierarchy is not None and len(classes) > DEFAULT_GROUP_LEVEL:
+            try:
+                self.fold = level_fold(self.hierarchy, classes, DEFAULT_GROUP_LEVEL)
+            except UserError:  # classes that do not nest in the groups: no group column
+                self.fold = None
+
+    def table(self, proba: np.ndarray, classes: list[str]) -> pd.DataFrame:
+        if self.level is not None:
+            names, fold = self.fold
+            return top_k_table(proba @ fold, names, self.k, label="class")
+        table = top_k_table(proba, classes, self.k)
+        if self.fold is not None:
+            names, fold = self.fold
+            group = fold.argmax(axis=1)[top_k_classes(proba, 1)[:, 0]]  # the first genre's
+            table["group"] = np.asarray(names)[group]
+            table["group_prob"] = np.round((proba @ fold)[np.arange(len(proba)), group], 5)
+        return table
 
 
 
@@ -114,24 +192,38 @@ class CappedMessages:
 
 def predict_tables(model_file: Path, input_path: Path, k: int, say: Callable[[str], None], *,
                    decimal: str = ".", renames: dict[str, str] | None = None,
-                   chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+                   chunk_rows: int = DEFAULT_CHUNK_ROWS, level: int | None = None,
+                   use_popularity: bool = False) -> Iterator[pd.DataFrame]:
     """The top-k table of each chunk's usable rows, in file order; every message about the
     input goes to ``say`` as it comes (``say`` adds the file name)."""
-    from stages.model_files import load_model, predict_proba, read_features, read_ranges  # noqa: PLC0415
+    from stages.model_files import (  # noqa: PLC0415
+        MISSING_MEMBER,
+        load_model,
+        predict_proba,
+        read_features,
+        read_member,
+        read_ranges,
+    )
 
     # the feature list is read from the model's zip: input errors need no TensorFlow
     features = read_features(model_file)
     ranges = read_ranges(model_file)
+    answers = Answers(model_file, k, level)
     with InputReader(input_path, features, decimal=decimal, renames=renames,
                      chunk_rows=chunk_rows) as reader:
         for note in reader.notes:
             say(note)
-        check_missing(input_path, reader.missing, features, reader.item)
+        present = [f for f in features if f not in reader.missing]
+        hidden = features_to_hide(input_path, reader.missing, present, features,
+                                  read_member(model_file, MISSING_MEMBER), reader.item,
+                                  use_popularity, say)
+        hidden_columns = [features.index(f) for f in hidden]
         plausibility = PlausibilityCheck(input_path, features, ranges, reader.unit)
         messages = CappedMessages(say, reader.unit)
         model = classes = None
         for chunk in reader.chunks():
             messages.add(chunk.problems)
+            chunk.values[:, hidden_columns] = np.nan  # NaN: missing, for a model that takes it
             usable = ~plausibility.skip(chunk.values, chunk.positions)
             if not usable.any():
                 continue
@@ -140,8 +232,8 @@ def predict_tables(model_file: Path, input_path: Path, k: int, say: Callable[[st
 
                 quiet_tensorflow()
                 model, classes, _ = load_model(model_file)
-            table = top_k_table(predict_proba(model, chunk.values[usable].astype("float32")),
-                                classes, k)
+            table = answers.table(predict_proba(model, chunk.values[usable].astype("float32")),
+                                  classes)
             table.insert(0, reader.unit, chunk.positions[usable])
             if chunk.track_ids is not None:
                 table.insert(0, ID_COLUMN, chunk.track_ids[usable])
@@ -179,6 +271,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--column", action="append", metavar="SOURCE=FEATURE",
                         help="read the input's column SOURCE as FEATURE (repeatable; "
                         "FEATURE=duration_s reads seconds as duration_ms)")
+    parser.add_argument("--level", type=int, metavar="K",
+                        help="answer with the K classes of the model's learned genre hierarchy "
+                        "(probabilities summed within each class)")
+    parser.add_argument("--use-popularity", action="store_true",
+                        help="use the file's popularity and explicit (by default a model that "
+                        "takes missing features answers without them)")
     parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS,
                         help=argparse.SUPPRESS)  # tests: chunk boundaries in small files
     args = parser.parse_args(argv)
@@ -193,7 +291,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{args.input}: {message}", file=sys.stderr, flush=True)
 
     tables = predict_tables(model_file, args.input, args.k, say, decimal=args.decimal,
-                            renames=renames, chunk_rows=args.chunk_rows)
+                            renames=renames, chunk_rows=args.chunk_rows, level=args.level,
+                            use_popularity=args.use_popularity)
     if args.output:
         with atomic_path(args.output, suffix=".csv") as tmp:
             with open(tmp, "w", newline="") as handle:

@@ -150,7 +150,7 @@ def hidden_feature_sets(features: list[str]) -> list[tuple[str, ...]]:
 def missing_feature_accuracy(model, x: np.ndarray, actual: np.ndarray,
                              features: list[str]) -> dict[str, float]:
     """Test accuracy with each feature set of hidden_feature_sets() missing (NaN), keyed
-    by the missing features joined with ',' ('' for none): what predict tells a user
+    by the missing features in the model's order joined with ',' ('' for none): what predict tells a user
     whose file lacks them."""
     from stages.model_files import predict_proba  # noqa: PLC0415
 
@@ -159,7 +159,7 @@ def missing_feature_accuracy(model, x: np.ndarray, actual: np.ndarray,
         masked = x.copy()
         masked[:, [features.index(f) for f in hidden]] = np.nan
         right = predict_proba(model, masked).argmax(axis=1) == actual
-        accuracy[",".join(hidden)] = round(float(right.mean()), 5)
+        accuracy[",".join(f for f in features if f in hidden)] = round(float(right.mean()), 5)
     return accuracy
 
 

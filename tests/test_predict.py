@@ -105,9 +105,8 @@ def test_class_list_travels_with_the_model(model_file, input_rows, tmp_path):
 
 # --- models of the 13 audio features, and the audio-features API's JSON --------------
 
-AUDIO_HINT = ("this model takes all 15 features; the genre-classifier-audio model needs only "
-              "the 13 audio features (python -m stages.predict genre-classifier-audio FILE, "
-              "or every family: dvc exp run -S features=audio)")
+AUDIO_HINT = ("this model takes all 15 features; the published genre-classifier answers "
+              "without them (python -m stages.predict genre-classifier FILE)")
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +211,7 @@ def test_api_json_entries_with_bad_features_are_reported_and_skipped(audio_model
     ]
 
 
-def test_all_features_model_names_the_missing_columns_and_the_audio_model(
+def test_all_features_model_names_the_missing_columns_and_the_published_model(
         model_file, audio_model_file, input_rows, tmp_path):
     path, _ = model_file
     input_rows[["track_id", *AUDIO_FEATURES]].to_csv(tmp_path / "songs.csv", index=False)
@@ -503,3 +502,136 @@ def test_ranges_travel_in_the_model_file(ranged_model_file, model_file, tmp_path
 
     with pytest.raises(UserError, match="not a model saved by this project"):
         read_ranges(broken)
+
+
+# --- a model that takes missing features, answers at a level ---------------------------------
+
+HIERARCHY = {"genres": ["acoustic", "blues", "chill", "dance"],
+             "merges": [{"classes_after": 3, "rows_gained": 5, "merged": [["acoustic"], ["blues"]]},
+                        {"classes_after": 2, "rows_gained": 3, "merged": [["chill"], ["dance"]]}]}
+
+
+@pytest.fixture(scope="module")
+def masked_model_file(tmp_path_factory):
+    """A tiny masked MLP published the way stage publish does: its hierarchy and the test
+    accuracy of a few missing-feature sets inside."""
+    from stages import model_files, train
+    from stages.common import feature_ranges
+    from stages.models import MIN_FEATURES
+    from stages.split import clean
+
+    frame, _ = clean(make_tracks(rows_per_genre=30))
+    frame["label"] = frame["track_genre"]
+    classes = sorted(frame["label"].unique())
+    params = validate("mlp", {"epochs": 2, "batch_size": 32, "hidden": [16], "embedding_dim": 4,
+                              "feature_dropout": 0.2, "popularity_dropout": 0.5})
+    model, _, _ = train.train("mlp", params, frame, frame, classes)
+    path = tmp_path_factory.mktemp("masked") / "masked.keras"
+    masking = {"min_features": MIN_FEATURES, "test_rows": 100,
+               "test_accuracy": {"": 0.9, "popularity,explicit": 0.8,
+                                 "popularity,explicit,time_signature": 0.75}}
+    model_files.save_model(model, path, classes, FEATURES,
+                           feature_ranges(frame[FEATURES].to_numpy("float64"), FEATURES),
+                           {model_files.MISSING_MEMBER: masking,
+                            model_files.TAXONOMY_MEMBER: HIERARCHY})
+    return path
+
+
+def _proba_of(model_path, rows, hidden=()):
+    from stages import model_files
+
+    model, _, _ = model_files.load_model(model_path)
+    x = rows[FEATURES].to_numpy("float32").copy()
+    x[:, [FEATURES.index(f) for f in hidden]] = np.nan
+    return model_files.predict_proba(model, x)
+
+
+def test_a_file_without_some_features_predicts_with_the_masked_model(
+        masked_model_file, input_rows, tmp_path, capsys):
+    rows = input_rows.drop(columns=["time_signature"])
+    rows.to_csv(tmp_path / "no_ts.csv", index=False)
+    code, out, err = predict_here(capsys, masked_model_file, tmp_path / "no_ts.csv", "-k", 4)
+    assert code == 0, err
+    source = tmp_path / "no_ts.csv"
+    assert err == [
+        f"{source}: popularity, explicit left out: popularity from another dataset or time does "
+        "not mean what it meant in the training data (--use-popularity to use it)",
+        f"{source}: predicting without popularity, explicit, time_signature: test accuracy "
+        "0.750 (with every feature 0.900)"]
+    table = pd.read_csv(io.StringIO(out))
+    expected = _proba_of(masked_model_file, input_rows, ("popularity", "explicit", "time_signature"))
+    got = np.zeros_like(expected)
+    names = ["acoustic", "blues", "chill", "dance"]
+    for rank in range(1, 5):
+        got[np.arange(len(table)), [names.index(g) for g in table[f"genre_{rank}"]]] = \
+            table[f"prob_{rank}"]
+    assert np.allclose(got, expected, atol=1e-5)
+    # --use-popularity: the file's popularity and explicit count again
+    code, _, err = predict_here(capsys, masked_model_file, source, "--use-popularity")
+    assert code == 0 and err == [f"{source}: predicting without time_signature: test accuracy "
+                                 "not measured for this set of missing features (with every "
+                                 "feature 0.900)"]
+
+
+def test_eight_audio_features_predict_fewer_is_one_error(masked_model_file, input_rows, tmp_path,
+                                                         capsys):
+    from stages.models import MIN_FEATURES
+
+    keep = AUDIO_FEATURES[:MIN_FEATURES]
+    input_rows[["track_id", *keep]].to_csv(tmp_path / "eight.csv", index=False)
+    code, out, _ = predict_here(capsys, masked_model_file, tmp_path / "eight.csv")
+    assert code == 0 and len(pd.read_csv(io.StringIO(out))) == len(input_rows)
+    fewer = keep[:-1]
+    input_rows[["track_id", *fewer]].to_csv(tmp_path / "fewer.csv", index=False)
+    code, out, err = predict_here(capsys, masked_model_file, tmp_path / "fewer.csv",
+                                  "-o", tmp_path / "out.csv")
+    assert code == 2 and out == "" and not (tmp_path / "out.csv").exists()
+    absent = [f for f in FEATURES if f not in fewer]
+    assert err == [f"error: {tmp_path / 'fewer.csv'}: only {len(fewer)} of the model's 15 features "
+                   f"(missing column(s): {', '.join(absent)}): it needs at least {MIN_FEATURES}"]
+
+
+def test_a_model_without_masking_still_needs_every_feature(model_file, input_rows, tmp_path,
+                                                           capsys):
+    input_rows.drop(columns=["popularity"]).to_csv(tmp_path / "in.csv", index=False)
+    code, _, err = predict_here(capsys, model_file[0], tmp_path / "in.csv")
+    assert code == 2 and err == [
+        f"error: {tmp_path / 'in.csv'}: missing feature column(s) popularity: this model takes "
+        "all 15 features; the published genre-classifier answers without them (python -m "
+        "stages.predict genre-classifier FILE)"]
+
+
+def test_answers_at_a_level_sum_the_genre_probabilities(masked_model_file, input_rows, tmp_path,
+                                                        capsys):
+    input_rows.to_csv(tmp_path / "in.csv", index=False)
+    code, out, _ = predict_here(capsys, masked_model_file, tmp_path / "in.csv", "--level", 2,
+                                "-k", 2)
+    assert code == 0
+    table = pd.read_csv(io.StringIO(out))
+    assert list(table.columns) == ["track_id", "line", "class_1", "prob_1", "class_2", "prob_2"]
+    assert np.allclose(table["prob_1"] + table["prob_2"], 1.0, atol=2e-5)
+    proba = _proba_of(masked_model_file, input_rows, ("popularity", "explicit"))
+    folded = {"acoustic/blues": proba[:, 0] + proba[:, 1], "chill/dance": proba[:, 2] + proba[:, 3]}
+    for i, row in table.iterrows():
+        assert row["prob_1"] == pytest.approx(folded[row["class_1"]][i], abs=1e-5)
+    # the default answer names the group of the first genre, at the hierarchy's finest
+    # level coarser than the default group level that the model allows
+    code, out, _ = predict_here(capsys, masked_model_file, tmp_path / "in.csv", "-k", 1)
+    assert list(pd.read_csv(io.StringIO(out)).columns) == ["track_id", "line", "genre_1", "prob_1"]
+
+
+@pytest.mark.parametrize("level, message", [
+    (1, "--level 1: the model's genre hierarchy has 2 to 4 classes"),
+    (9, "--level 9: the model's genre hierarchy has 2 to 4 classes")])
+def test_an_impossible_level_is_one_error(masked_model_file, input_rows, tmp_path, capsys,
+                                          level, message):
+    input_rows.to_csv(tmp_path / "in.csv", index=False)
+    code, out, err = predict_here(capsys, masked_model_file, tmp_path / "in.csv", "--level", level)
+    assert code == 2 and out == "" and err == [f"error: {message}"]
+
+
+def test_level_needs_a_model_with_a_hierarchy(model_file, input_rows, tmp_path, capsys):
+    input_rows.to_csv(tmp_path / "in.csv", index=False)
+    code, _, err = predict_here(capsys, model_file[0], tmp_path / "in.csv", "--level", 2)
+    assert code == 2 and err == [f"error: --level 2: {model_file[0]} carries no genre hierarchy "
+                                 "(the published genre-classifier does: dvc repro publish)"]
