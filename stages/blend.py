@@ -130,7 +130,7 @@ def load_members(names: list[str], classes: list[str]) -> dict:
 
 def blend(params, classes: list[str], val) -> tuple[dict, list, list[str]]:
     """(report, [(name, file, weight)] of the kept members, the blend's feature list)."""
-    from stages.model_files import predict_proba  # noqa: PLC0415
+    from stages.model_files import MISSING_MEMBER, predict_proba, read_member  # noqa: PLC0415
 
     loaded = load_members(list(params.members), classes)
     y = label_indices(val, classes)
@@ -138,8 +138,11 @@ def blend(params, classes: list[str], val) -> tuple[dict, list, list[str]]:
               for name, (model, features, _) in loaded.items()}
     report = {"members_considered": list(params.members), "min_weight": params.min_weight,
               **fit_blend(probas, y, params.min_weight)}
+    fallback = next((name for name, (_, _, path) in loaded.items()
+                     if read_member(path, MISSING_MEMBER) is not None), None)
+    report["fallback"] = fallback  # answers rows with a missing feature on its own
     kept = [(name, loaded[name][2], weight) for name, weight in report["weights"].items()
-            if weight > 0]
+            if weight > 0 or name == fallback]
     used = {f for name, _, _ in kept for f in loaded[name][1]}
     return report, kept, [f for f in FEATURES if f in used]
 
@@ -159,7 +162,13 @@ def member_ranges(paths: list, features: list[str]) -> dict[str, list[float]]:
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    from stages.model_files import RANGES_MEMBER, family_file, save_blend  # noqa: PLC0415
+    from stages.model_files import (  # noqa: PLC0415
+        MISSING_MEMBER,
+        RANGES_MEMBER,
+        family_file,
+        read_member,
+        save_blend,
+    )
     from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -169,8 +178,11 @@ def main(argv: list[str] | None = None) -> None:
     classes = read_classes()
     report, kept, features = blend(params, classes, read_labeled("val"))
     report["features"] = features
-    save_blend(family_file(BLEND), kept, classes, features, report["temperature"],
-               extra={RANGES_MEMBER: member_ranges([path for _, path, _ in kept], features)})
+    extra = {RANGES_MEMBER: member_ranges([path for _, path, _ in kept], features)}
+    if report["fallback"]:  # the blend takes missing features as its fallback member does
+        extra[MISSING_MEMBER] = read_member(family_file(report["fallback"]), MISSING_MEMBER)
+    save_blend(family_file(BLEND), kept, classes, features, report["temperature"], extra,
+               report["fallback"])
     write_json(REPORTS_DIR / "blend.json", report)
     weights = ", ".join(f"{name} {weight:.3f}" for name, _, weight in kept)
     val = report["validation"][BLEND]

@@ -76,12 +76,17 @@ def copy_with_members(source: Path, dest: Path, members: dict) -> None:
 
 
 def save_blend(path: Path, members: list[tuple[str, Path, float]], classes: list[str],
-               features: list[str], temperature: float, extra: dict | None = None) -> None:
+               features: list[str], temperature: float, extra: dict | None = None,
+               fallback: str | None = None) -> None:
     """Write a blend atomically: ``members`` are (name, model file, weight), the weights
-    summing to 1; their files are stored as they are, under members/."""
+    summing to 1; their files are stored as they are, under members/. ``fallback`` names
+    the member (a network that takes missing features) that alone answers a row with a
+    feature missing (NaN), which the other members cannot."""
     spec = {"format": BLEND_FORMAT, "version": BLEND_VERSION, "temperature": float(temperature),
             "members": [{"name": name, "file": f"{MEMBERS_DIR}/{name}{Path(source).suffix}",
                          "weight": float(weight)} for name, source, weight in members]}
+    if fallback is not None:
+        spec["fallback"] = fallback
     contents = {BLEND_MEMBER: json.dumps(spec, indent=1),
                 CLASSES_MEMBER: json.dumps(list(classes)),
                 FEATURES_MEMBER: json.dumps(list(features)),
@@ -115,12 +120,15 @@ class Blend:
     """The weighted mean of its members' probabilities, then softmax(log p / temperature).
 
     ``members`` are (name, model, columns, weight): each member reads its own feature
-    columns of the blend's input."""
+    columns of the blend's input. A row with a missing feature (NaN) is answered by the
+    ``fallback`` member alone (a network that takes missing features), when there is one."""
 
-    def __init__(self, members: list, n_classes: int, temperature: float = 1.0):
+    def __init__(self, members: list, n_classes: int, temperature: float = 1.0,
+                 fallback: str | None = None):
         self.members = members
         self.n_classes = n_classes
         self.temperature = temperature
+        self.fallback = fallback
 
     @property
     def weights(self) -> dict[str, float]:
@@ -134,8 +142,16 @@ class Blend:
         total = np.zeros((len(x), self.n_classes), dtype=np.float64)
         if len(x) == 0:
             return total
+        gaps = np.isnan(x).any(axis=1)
+        if gaps.any() and self.fallback is not None:
+            _, model, columns, _ = next(m for m in self.members if m[0] == self.fallback)
+            total[gaps] = predict_proba(model, x[gaps][:, columns])
+            if not gaps.all():
+                total[~gaps] = self.predict_proba(x[~gaps])
+            return total
         for _, model, columns, weight in self.members:
-            total += weight * np.asarray(predict_proba(model, x[:, columns]), dtype=np.float64)
+            if weight > 0:
+                total += weight * np.asarray(predict_proba(model, x[:, columns]), dtype=np.float64)
         total /= total.sum(axis=1, keepdims=True)  # float32 members: exactly 1 again
         return apply_temperature(total, self.temperature)
 
@@ -166,6 +182,8 @@ def _blend_spec(archive: zipfile.ZipFile) -> dict:
             raise ValueError(f"{BLEND_MEMBER}: bad member entry {json.dumps(entry)[:80]}")
     if abs(sum(entry["weight"] for entry in members) - 1) > 1e-6:
         raise ValueError(f"{BLEND_MEMBER}: member weights do not sum to 1")
+    if "fallback" in spec and spec["fallback"] not in [entry["name"] for entry in members]:
+        raise ValueError(f"{BLEND_MEMBER}: fallback {spec['fallback']!r} is not a member")
     return spec
 
 
@@ -211,7 +229,8 @@ def _load_blend(path: Path):
                                 f"{', '.join(unknown)}")
             columns = np.array([features.index(f) for f in member_features])
             members.append((entry["name"], model, columns, float(entry["weight"])))
-    return Blend(members, len(classes), float(spec["temperature"])), classes, features
+    return (Blend(members, len(classes), float(spec["temperature"]), spec.get("fallback")),
+            classes, features)
 
 
 def read_member(path: Path, name: str):

@@ -44,21 +44,24 @@ from stages.common import (
 )
 from stages.inputs import DEFAULT_CHUNK_ROWS, InputReader, PlausibilityCheck, parse_renames
 from stages.model_files import family_file
-from stages.params import FAMILIES
+from stages.params import MODELS
 from stages.ranking import top_k_classes  # the tie rule evaluate counts with
 
-# the MLP on the 13 audio features, trained by stage train_audio whatever `features` says
-AUDIO_NAME = "genre-classifier-audio"
-AUDIO_MODEL = MODELS_DIR / f"{AUDIO_NAME}.keras"
+# the MLP that was trained on the 13 audio features alone, until one network took any subset
+RETIRED_AUDIO_NAME = "genre-classifier-audio"
 MAX_REPORTED_ROWS = 20
 # Track data, not audio descriptors: the audio-features API never returns them.
 NOT_FROM_THE_API = [f for f in FEATURES if f not in AUDIO_FEATURES]
 
 
 def model_path(name: str) -> Path:
-    if name in FAMILIES:
+    if name in MODELS:
         return family_file(name)
-    return {PUBLISHED_NAME: PUBLISHED_MODEL, AUDIO_NAME: AUDIO_MODEL}.get(name, Path(name))
+    if name == RETIRED_AUDIO_NAME and not Path(name).exists():
+        raise UserError(f"{name}: retired: the published {PUBLISHED_NAME} answers files with only "
+                        f"the {len(AUDIO_FEATURES)} audio features (python -m stages.predict "
+                        f"{PUBLISHED_NAME} FILE)")
+    return {PUBLISHED_NAME: PUBLISHED_MODEL}.get(name, Path(name))
 
 
 def missing_features_error(path: Path, noun: str, missing: list[str],
@@ -259,9 +262,9 @@ def write_tables(tables: Iterator[pd.DataFrame], handle: TextIO, input_path: Pat
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m stages.predict", description="Label tracks with a trained model.")
-    parser.add_argument("model", help="softmax | mlp | lstm | forest | boosting | genre-classifier | "
-                        "genre-classifier-audio, "
-                        "or a path to a model file (.keras, or .npz for a tree family)")
+    parser.add_argument("model", help="genre-classifier (the published model) | softmax | mlp | "
+                        "lstm | forest | boosting | blend, or a path to a model file (.keras, .npz "
+                        "for a tree family, .zip for a blend)")
     parser.add_argument("input", type=Path, help="CSV with the model's feature columns, "
                         "or the JSON of Spotify's audio-features API")
     parser.add_argument("-k", type=int, default=3, help="how many genres per track (default 3)")

@@ -1,8 +1,8 @@
-"""Stages train_softmax / train_mlp / train_lstm / train_audio: ``python -m stages.train FAMILY``.
+"""Stages train_softmax / train_mlp / train_lstm: ``python -m stages.train FAMILY``.
 
-(train_audio is ``python -m stages.train mlp --features audio --name genre-classifier-audio``:
-the MLP on the 13 features Spotify's audio-features API returns, published beside the
-main model whatever param `features` says.)
+(``--features audio --name NAME`` trains on the 13 features Spotify's audio-features API
+returns whatever param `features` says; with ``mlp.feature_dropout`` > 0 the MLP takes
+any subset of its features instead, so no stage needs that any more.)
 
 Reads data/labeled/{train,val}.parquet and classes.json, trains the family's
 model on the feature set named by param ``features`` with the settings in its

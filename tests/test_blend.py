@@ -271,3 +271,33 @@ def test_bench_table_shows_each_difference_with_its_interval():
     assert difference_cell("mlp", comparison) == "-0.0040 [-0.0093, +0.0012]"
     assert difference_cell("boosting", comparison) == "best on val"
     assert difference_cell("mlp", None) is None  # a run from before the comparison
+
+
+def test_a_row_with_a_missing_feature_is_answered_by_the_masked_member(repo, monkeypatch):
+    """With a network that takes missing features among the members, the blend takes them
+    too: such a row is the fallback member's answer alone, a complete row the blend's."""
+    from stages import train
+    from stages.common import read_labeled
+    from stages.model_files import (MISSING_MEMBER, family_file, load_model, predict_proba,
+                                    read_member, save_model)
+
+    root, classes = repo
+    monkeypatch.chdir(root)
+    params = validate("mlp", {"epochs": 1, "batch_size": 32, "hidden": [8], "embedding_dim": 2,
+                              "feature_dropout": 0.2, "popularity_dropout": 0.5})
+    mlp, _, _ = train.train("mlp", params, read_labeled("train"), read_labeled("val"), classes)
+    save_model(mlp, root / family_file("mlp"), classes, FEATURES,
+               extra={MISSING_MEMBER: {"min_features": 8}})
+    report = _run_blend(root, monkeypatch, ["forest", "boosting", "mlp"])
+    assert report["fallback"] == "mlp"
+    path = root / family_file("blend")
+    assert read_member(path, MISSING_MEMBER) == {"min_features": 8}
+    blend_model, _, features = load_model(path)
+    x = read_labeled("test")[features].to_numpy("float32")[:12].copy()
+    complete = predict_proba(blend_model, x)
+    x[:6, features.index("time_signature")] = np.nan
+    mixed = predict_proba(blend_model, x)
+    assert np.array_equal(mixed[6:], complete[6:])
+    member, _, _ = load_model(root / family_file("mlp"))
+    assert np.allclose(mixed[:6], predict_proba(member, x[:6]))
+    assert np.allclose(mixed.sum(axis=1), 1.0)

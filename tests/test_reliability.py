@@ -82,7 +82,7 @@ def test_killed_training_leaves_no_partial_output(reproduced_repo, tmp_path, sig
     code = _start_and_kill(["dvc", "repro", "train_mlp"], repo, env, sig)
     assert code != 0
     assert _visible_files(repo, "models") == [
-        "models/boosting.npz", "models/forest.npz", "models/genre-classifier-audio.keras",
+        "models/blend.zip", "models/boosting.npz", "models/forest.npz",
         "models/genre-classifier.keras", "models/lstm.keras", "models/softmax.keras"]
     assert not (repo / "reports/train/mlp.json").exists()
     assert not (repo / "plots/train/mlp.csv").exists()
