@@ -21,7 +21,11 @@ Run the experiments first, e.g.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import re
+import shlex
 from pathlib import Path
 
 import yaml
@@ -109,20 +113,66 @@ def markdown(rows: list[dict], columns=COLUMNS, digits: int = 4) -> str:
 # here, shown beside ours. It trained no trees.
 STUDY_ACCURACY = {"softmax": "0.15", "mlp": "0.25–0.32", "lstm": "0.32"}
 STUDY_ACCURACY_66 = "0.408"  # after its hand-made 114 -> 66 merge (taxonomies/study.yaml)
-SUMMARY_COLUMNS = ("model", "classes", "accuracy", "top-5", "macro-F1", "the study's accuracy",
-                   "chance", "train s")
+SUMMARY_COLUMNS = ("model", "classes", "accuracy", "top-5", "macro-F1", "calibration error",
+                   "the study's accuracy", "chance", "train s")
+MISSING_COLUMNS = ("missing features", "features left", "test accuracy", "vs every feature")
+CALIBRATION_COLUMNS = ("model", "temperature", "val error before", "val error after",
+                       "test error")
+
+
+def committed_json(rev: str, path: str, repo: Path = REPO) -> dict:
+    text = show(rev, path, repo)
+    if text is None:
+        raise SystemExit(f"error: {rev}: {path} is not committed (run dvc repro, commit)")
+    return json.loads(text)
+
+
+def missing_rows(rev: str = "HEAD", repo: Path = REPO) -> list[dict]:
+    """The published model's test accuracy with features missing (reports/published.json)."""
+    published = committed_json(rev, "reports/published.json", repo)
+    accuracy = published.get("missing_feature_accuracy")
+    if not accuracy:
+        raise SystemExit(f"error: {rev}: the published model ({published['model']}) does not "
+                         "take missing features")
+    full = accuracy[""]
+    return [{"missing features": ", ".join(key.split(",")) if key else "none",
+             "features left": len(published["features"]) - len(key.split(",") if key else []),
+             "test accuracy": value, "vs every feature": f"{value - full:+.4f}"}
+            for key, value in accuracy.items()]
+
+
+def group_rows(level: int, rev: str = "HEAD", repo: Path = REPO) -> list[dict]:
+    """The learned hierarchy's classes at ``level`` (reports/taxonomy.json), largest first."""
+    from stages.taxonomy import level_fold  # noqa: PLC0415
+
+    hierarchy = committed_json(rev, "reports/taxonomy.json", repo)
+    genres = hierarchy["genres"]
+    names, fold = level_fold(hierarchy, genres, level)
+    groups = [[g for g, row in zip(genres, fold) if row[i]] for i in range(len(names))]
+    groups.sort(key=lambda members: (-len(members), members))
+    return [{"class": i + 1, "genres": len(members), "members": ", ".join(members)}
+            for i, members in enumerate(groups)]
+
+
+def calibration_rows(rev: str = "HEAD", repo: Path = REPO) -> list[dict]:
+    """Per model: the validation temperature, calibration error before and after, test error."""
+    metrics = committed_json(rev, "metrics/test.json", repo)
+    rows = []
+    for model, scores in metrics.items():
+        if not isinstance(scores, dict):
+            continue
+        path = "reports/blend.json" if model == "blend" else f"reports/train/{model}.json"
+        train = json.loads(show(rev, path, repo) or "{}")
+        rows.append({"model": model, "temperature": train.get("temperature"),
+                     "val error before": train.get("val_ece_raw"),
+                     "val error after": train.get("val_ece"), "test error": scores.get("ece")})
+    return rows
 
 
 def summary_rows(rev: str = "HEAD", repo: Path = REPO) -> list[dict]:
     """The README's table, from ``rev``'s committed metrics/test.json and reports."""
-    def committed(path: str) -> dict:
-        text = show(rev, path, repo)
-        if text is None:
-            raise SystemExit(f"error: {rev}: {path} is not committed (run dvc repro, commit)")
-        return json.loads(text)
-
-    metrics = committed("metrics/test.json")
-    published = committed("reports/published.json")
+    metrics = committed_json(rev, "metrics/test.json", repo)
+    published = committed_json(rev, "reports/published.json", repo)
     classes, chance = published["classes"], metrics["chance"]
 
     def family_row(model: str, family: str) -> dict:
@@ -130,6 +180,7 @@ def summary_rows(rev: str = "HEAD", repo: Path = REPO) -> list[dict]:
         study = STUDY_ACCURACY.get(family, "- (no trees)") if classes == 114 else None
         return {"model": model, "classes": classes, "accuracy": metrics[family]["accuracy"],
                 "top-5": metrics[family]["top5"], "macro-F1": metrics[family]["macro_f1"],
+                "calibration error": metrics[family].get("ece"),
                 "the study's accuracy": study, "chance": chance,
                 "train s": json.loads(train)["train_seconds"] if train else None}
 
@@ -144,13 +195,40 @@ def summary_rows(rev: str = "HEAD", repo: Path = REPO) -> list[dict]:
         if at_66:
             rows.append({"model": f"genre-classifier folded to {label} (no retraining)",
                          "classes": 66, "accuracy": at_66[0]["accuracy"], "top-5": None,
-                         "macro-F1": at_66[0]["macro_f1"], "the study's accuracy": study,
+                         "macro-F1": at_66[0]["macro_f1"], "calibration error": None,
+                         "the study's accuracy": study,
                          "chance": at_66[0]["chance"], "train s": None})
     rows.append({"model": "ceiling: the best any model can score (identical inputs, other "
                  "genres)", "classes": classes, "accuracy": metrics["ceiling"], "top-5": None,
-                 "macro-F1": None, "the study's accuracy": None, "chance": chance,
+                 "macro-F1": None, "calibration error": None, "the study's accuracy": None,
+                 "chance": chance,
                  "train s": None})
     return rows
+
+
+GENERATED = re.compile(r"(<!-- (python -m bench\.table [^>]*?) -->\n)(.*?)(\n<!-- end of \2 -->)",
+                       re.S)
+
+
+def update_docs(repo: Path = REPO) -> list[str]:
+    """Rewrite every generated table in README.md and docs/*.md (between
+    ``<!-- python -m bench.table ARGS -->`` and its end marker) with what that command
+    prints now; the pages changed."""
+    changed = []
+    for page in [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]:
+        text = page.read_text()
+
+        def fresh(match: re.Match) -> str:
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                main(shlex.split(match.group(2))[3:])
+            return match.group(1) + out.getvalue().strip() + match.group(4)
+
+        new = GENERATED.sub(fresh, text)
+        if new != text:
+            page.write_text(new)
+            changed.append(str(page.relative_to(repo)))
+    return changed
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -159,12 +237,30 @@ def main(argv: list[str] | None = None) -> None:
                         help="experiments (or HEAD) to show (default: all, and HEAD)")
     parser.add_argument("--summary", action="store_true",
                         help="the README's short table of HEAD's committed results instead")
+    parser.add_argument("--missing", action="store_true",
+                        help="the published model's test accuracy with features missing")
+    parser.add_argument("--calibration", action="store_true",
+                        help="each model's temperature and calibration error")
+    parser.add_argument("--update-docs", action="store_true",
+                        help="rewrite every generated table in README.md and docs/")
+    parser.add_argument("--groups", type=int, metavar="K",
+                        help="the learned genre hierarchy's classes at K classes")
     args = parser.parse_args(argv)
-    if args.summary:
-        if args.names:
-            parser.error("--summary reads HEAD only: name no experiments")
-        print(markdown(summary_rows(), SUMMARY_COLUMNS, digits=3))
+    if args.update_docs:
+        print("\n".join(update_docs()) or "every generated table is up to date")
         return
+    if args.groups:
+        print(markdown(group_rows(args.groups), ("class", "genres", "members")))
+        return
+    tables = {"summary": (summary_rows, SUMMARY_COLUMNS, 3),
+              "missing": (missing_rows, MISSING_COLUMNS, 4),
+              "calibration": (calibration_rows, CALIBRATION_COLUMNS, 4)}
+    for name, (rows_for, columns, digits) in tables.items():
+        if getattr(args, name):
+            if args.names:
+                parser.error(f"--{name} reads HEAD only: name no experiments")
+            print(markdown(rows_for(), columns, digits=digits))
+            return
     found = {**experiments(), "HEAD": "HEAD"}
     missing = [n for n in args.names if n not in found]
     if missing:

@@ -154,7 +154,7 @@ def train(family: str, params, train_frame, val_frame, classes,
         batches = masked_batches(x_train, y_fit, params.batch_size, params.feature_dropout,
                                  list(features), params.seed, params.popularity_dropout)
         fit = fitted.fit(batches, validation_data=validation, epochs=params.epochs,
-                         callbacks=callbacks, verbose=0)
+                         validation_batch_size=params.batch_size, callbacks=callbacks, verbose=0)
     else:
         fit = fitted.fit(x_train, y_fit, validation_data=validation, epochs=params.epochs,
                          batch_size=params.batch_size, callbacks=callbacks, verbose=0)

@@ -377,7 +377,9 @@ class Boosting(_Trees):
                           weights=np.concatenate([np.tile(self.baseline, n_rows),
                                                   self.leaf_value[leaf]]),
                           minlength=n_rows * self.n_classes).reshape(n_rows, self.n_classes)
-        return _softmax(raw, self.temperature)
+        # column-major like the compiled walk's (and scikit-learn's) raw scores: the softmax's
+        # row sums then add in the same order, so both walks give the same bits
+        return _softmax(np.asfortranarray(raw), self.temperature)
 
 
 def _softmax(raw: np.ndarray, temperature: float = 1.0) -> np.ndarray:

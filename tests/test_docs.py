@@ -79,6 +79,28 @@ def test_the_readme_results_table_is_bench_table_summary():
     assert len(rows) <= 10
 
 
+GENERATED = re.compile(r"<!-- (python -m bench\.table [^>]*?) -->\n(.*?)\n<!-- end of \1 -->",
+                       re.S)
+
+
+def test_every_generated_table_in_the_docs_is_its_command_s_output(capsys):
+    """Each table between `<!-- python -m bench.table ARGS -->` and its end marker is what
+    that command prints from HEAD's committed reports: the numbers cannot drift."""
+    import shlex
+
+    from bench import table
+
+    blocks = [(page, command, shown) for page in PAGES
+              for command, shown in GENERATED.findall(page.read_text())]
+    assert len(blocks) >= 4, "the generated tables lost their markers"
+    for page, command, shown in blocks:
+        try:
+            table.main(shlex.split(command)[3:])
+        except (RuntimeError, SystemExit, FileNotFoundError) as exc:
+            pytest.skip(f"HEAD's committed reports are not readable here: {exc}")
+        assert shown.strip() == capsys.readouterr().out.strip(), f"{page.name}: {command}"
+
+
 def test_the_head_rows_of_the_full_results_table_are_bench_tables():
     """docs/results.md's HEAD rows are `python -m bench.table HEAD` (the experiments' rows
     come from runs that live in one machine's DVC experiment refs)."""

@@ -635,3 +635,11 @@ def test_level_needs_a_model_with_a_hierarchy(model_file, input_rows, tmp_path, 
     code, _, err = predict_here(capsys, model_file[0], tmp_path / "in.csv", "--level", 2)
     assert code == 2 and err == [f"error: --level 2: {model_file[0]} carries no genre hierarchy "
                                  "(the published genre-classifier does: dvc repro publish)"]
+
+
+def test_the_retired_audio_model_name_points_to_the_published_model(input_rows, tmp_path, capsys):
+    input_rows.to_csv(tmp_path / "in.csv", index=False)
+    code, _, err = predict_here(capsys, "genre-classifier-audio", tmp_path / "in.csv")
+    assert code == 2 and err == [
+        "error: genre-classifier-audio: retired: the published genre-classifier answers files "
+        "with only the 13 audio features (python -m stages.predict genre-classifier FILE)"]

@@ -641,3 +641,20 @@ def test_forest_temperature_far_below_one_does_not_underflow(data, tmp_path):
     got = trees.load(path)[0].predict_proba(data[2])
     assert np.isfinite(got).all()
     np.testing.assert_array_equal(got.argmax(axis=1), model.predict_proba(data[2]).argmax(axis=1))
+
+
+def test_both_walks_give_the_same_bits_with_many_classes():
+    """With many classes the softmax's row sums depend on the memory layout of the raw
+    scores (numpy sums a contiguous row pairwise): both walks must use one layout, or the
+    load-time probe sees a disagreement and falls back to the slow walk."""
+    from stages import trees
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 4)).astype("float32")
+    y = np.arange(3000) % 40  # 40 classes
+    params = trees.PARAMS["boosting"](max_rounds=3, max_leaf_nodes=4, min_samples_leaf=5)
+    model = trees.fit("boosting", params, x, y, x[:500], y[:500], 40, 1)
+    assert model.walk is not None, model.walk_problem
+    plain = trees.Boosting(model.arrays, 40, 4, compiled=False)
+    plain.sklearn_version = model.sklearn_version
+    assert np.array_equal(model.predict_proba(x[:200]), plain.predict_proba(x[:200]))
