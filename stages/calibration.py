@@ -2,9 +2,11 @@
 
 A family's probabilities are calibrated when, of the rows it answers with confidence
 0.6, about 60% are right. ``fit_temperature`` finds the one number T that makes the
-validation split's log loss smallest when every row's probabilities become
-softmax(log p / T): T > 1 softens an over-confident model, T < 1 sharpens an
-under-confident one. Dividing every log-probability of a row by the same T keeps
+validation split's expected calibration error smallest when every row's probabilities
+become softmax(log p / T): T > 1 softens an over-confident model, T < 1 sharpens an
+under-confident one. (The T of the smallest log loss leaves gradient boosting's error at
+0.038 on validation, 0.036 on test; the T of the smallest error, 1.2 there, gives 0.011
+and 0.010 for 0.01 more log loss.) Dividing every log-probability of a row by the same T keeps
 their order, so calibration never changes a prediction (nor its top k).
 Pure numpy/scipy: no TensorFlow, so the tree stages use it too.
 """
@@ -34,21 +36,22 @@ def log_loss(proba: np.ndarray, y: np.ndarray) -> float:
     return float(-np.log(np.maximum(picked, TINY)).mean())
 
 
-def fit_temperature(proba: np.ndarray, y: np.ndarray) -> float:
-    """The temperature (0.05 .. 20) with the smallest log loss of ``proba`` against ``y``."""
-    from scipy.optimize import minimize_scalar  # noqa: PLC0415
+# the temperatures tried: 0.05 .. 20, evenly on a log scale (1.0 among them)
+TEMPERATURES = np.round(np.exp(np.linspace(np.log(0.05), np.log(20.0), 241)), 4)
 
+
+def fit_temperature(proba: np.ndarray, y: np.ndarray) -> float:
+    """The temperature (0.05 .. 20) with the smallest expected calibration error of
+    ``proba`` against ``y``; 1.0 unless another one is smaller (a no-op must not perturb)."""
     y = np.asarray(y, dtype=np.int64)
     if len(y) == 0:
         return 1.0
-    result = minimize_scalar(lambda log_t: log_loss(apply_temperature(proba, float(np.exp(log_t))), y),
-                             bounds=(np.log(0.05), np.log(20.0)), method="bounded",
-                             options={"xatol": 1e-4})
-    temperature = float(np.exp(result.x))
-    # keep T = 1 unless scaling really helps: a no-op must not perturb the probabilities
-    if log_loss(apply_temperature(proba, temperature), y) >= log_loss(proba, y):
-        return 1.0
-    return round(temperature, 4)
+    best, best_error = 1.0, expected_calibration_error(proba, y)
+    for temperature in TEMPERATURES:
+        error = expected_calibration_error(apply_temperature(proba, float(temperature)), y)
+        if error < best_error - 1e-9:
+            best, best_error = float(temperature), error
+    return best
 
 
 def reliability(proba: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> dict:

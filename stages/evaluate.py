@@ -219,23 +219,30 @@ def evaluate(families, models_dir: Path = MODELS_DIR) -> dict:
     from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
 
     quiet_tensorflow()
-    from stages.model_files import family_file, load_model, predict_proba  # noqa: PLC0415
+    from stages.model_files import (  # noqa: PLC0415
+        family_file,
+        load_model,
+        predict_proba,
+        read_features,
+    )
 
     splits = {name: read_labeled(name) for name in SPLITS}
     test = splits["test"]
     track_labels = labels_per_track(list(splits.values()))
-    loaded = {family: load_model(models_dir / family_file(family).name) for family in families}
+    paths = {family: models_dir / family_file(family).name for family in families}
     # The test-set lines (ceiling, rows seen in train) depend on what the models see:
     # the features any of them takes (one list, param `features`, in a pipeline run).
-    used = {f for _, _, features in loaded.values() for f in features}
+    used = {f for path in paths.values() for f in read_features(path)}
     union = [f for f in FEATURES if f in used]
     seen = seen_in_train(test, splits["train"], union)
     report = {"families": {}}
     curves, right, val_accuracy = {}, {}, {}
-    for family, (model, classes, features) in loaded.items():
+    for family, path in paths.items():  # one model in memory at a time
+        model, classes, features = load_model(path)
         proba = predict_proba(model, test[features].to_numpy("float32"))  # its own features
         actual = label_indices(test, classes)
         val_proba = predict_proba(model, splits["val"][features].to_numpy("float32"))
+        del model
         val_accuracy[family] = round(float(
             (top_class(val_proba) == label_indices(splits["val"], classes)).mean()), 5)
         report["families"][family] = {
