@@ -27,6 +27,8 @@ FEATURES_MEMBER = "features.json"
 MISSING_MEMBER = "missing.json"
 # the learned genre hierarchy (stage taxonomy's merges), for answers at any level
 TAXONOMY_MEMBER = "taxonomy.json"
+# {"temperature": T}: the network's probabilities become softmax(log p / T) (calibration)
+CALIBRATION_MEMBER = "calibration.json"
 RANGES_MEMBER = "ranges.json"  # {feature: [min, max]} over the training rows (optional)
 TREE_SUFFIX = ".npz"
 # a blend: {"format", "version", "temperature", "members": [{"name", "file", "weight"}]}
@@ -47,11 +49,37 @@ def family_file(family: str) -> Path:
     return MODELS_DIR / f"{family}{TREE_SUFFIX if family in TREES else '.keras'}"
 
 
+class Calibrated:
+    """A Keras model whose probabilities are temperature-scaled (stages.calibration).
+
+    The scaling runs in numpy on the network's output, not as layers inside it: row by
+    row the same whatever the batch (TensorFlow's vectorised log and exp are not), so a
+    file predicted in chunks gives the same answers as predicted whole. Anything else is
+    the network's own (``layers``, ``input_shape``...).
+    """
+
+    def __init__(self, model, temperature: float):
+        self.model, self.temperature = model, float(temperature)
+
+    def predict_proba(self, x):
+        from stages.calibration import apply_temperature  # noqa: PLC0415
+
+        return apply_temperature(_network_proba(self.model, x), self.temperature)
+
+    def __getattr__(self, name):
+        if name == "model":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+
 def save_model(model, path: Path, classes: list[str], features: list[str],
                ranges: dict[str, list[float]] | None = None, extra: dict | None = None) -> None:
     """Save atomically, with the class and feature lists, when given each feature's
     training range (for predict's plausibility check), and ``extra`` {member: JSON value}
-    stored inside the .keras file."""
+    stored inside the .keras file (and a Calibrated model's temperature)."""
+    if isinstance(model, Calibrated):
+        extra = {**(extra or {}), CALIBRATION_MEMBER: {"temperature": model.temperature}}
+        model = model.model
     with atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
@@ -341,12 +369,18 @@ def load_model(path: Path):
         if width != len(features):
             raise ValueError(f"the model takes {width} values, its feature list names "
                              f"{len(features)}")
+        calibration = read_member(path, CALIBRATION_MEMBER)
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
         raise _not_ours(path, exc) from None
+    if calibration is not None:
+        temperature = calibration.get("temperature") if isinstance(calibration, dict) else None
+        if not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise _not_ours(path, ValueError(f"{CALIBRATION_MEMBER}: temperature {temperature!r}"))
+        model = Calibrated(model, temperature)
     return model, classes, features
 
 
-PREDICT_BATCH = 16384
+PREDICT_BATCH = 1024  # rows per network call, every call (see _network_proba)
 
 
 def predict_proba(model, x):
@@ -361,6 +395,22 @@ def predict_proba(model, x):
 
     if hasattr(model, "predict_proba"):
         return np.asarray(model.predict_proba(x))
-    parts = [np.asarray(model(x[i : i + PREDICT_BATCH], training=False))
-             for i in range(0, len(x), PREDICT_BATCH)]
+    return _network_proba(model, x)
+
+
+def _network_proba(model, x):
+    """A network's probabilities, computed in batches of exactly PREDICT_BATCH rows (the
+    last one padded): TensorFlow's kernels block and vectorise by the batch's shape, so
+    with one shape for every call a row's answer does not depend on which rows share its
+    batch (a file predicted in chunks answers as predicted whole)."""
+    import numpy as np  # noqa: PLC0415
+
+    x = np.asarray(x, dtype="float32")
+    parts = []
+    for begin in range(0, len(x), PREDICT_BATCH):
+        batch = x[begin : begin + PREDICT_BATCH]
+        rows = len(batch)
+        if rows < PREDICT_BATCH:
+            batch = np.concatenate([batch, np.repeat(batch[-1:], PREDICT_BATCH - rows, axis=0)])
+        parts.append(np.asarray(model(batch, training=False))[:rows])
     return np.concatenate(parts) if parts else np.zeros((0, 0), dtype="float32")

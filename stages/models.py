@@ -222,14 +222,6 @@ def accepts_missing(model: keras.Model) -> bool:
     return any(layer.name == "with_missing_flags" for layer in model.layers)
 
 
-def with_temperature(model: keras.Model, temperature: float) -> keras.Model:
-    """The same model answering softmax(log p / temperature) (stages.calibration): stock
-    ops only, so the file still loads with plain keras.models.load_model."""
-    log_p = ops.log(ops.maximum(model.outputs[0], 1e-12))
-    calibrated = layers.Softmax(name="calibrated")(ops.divide(log_p, float(temperature)))
-    return keras.Model(model.inputs[0], calibrated, name=model.name)
-
-
 # Spotify's audio-features API has no popularity and no explicit: training hides the two
 # together in a share of rows, so the model learns that case as such
 API_MISSING = ("popularity", "explicit")

@@ -183,16 +183,16 @@ def train(family: str, params, train_frame, val_frame, classes,
 
 def calibrate(model, x_val: np.ndarray, y_val: np.ndarray):
     """Temperature-scale the model's probabilities on the validation split (see
-    stages.calibration): (the model, or it with the scaling built in; report entries)."""
-    from stages import calibration, models  # noqa: PLC0415
-    from stages.model_files import predict_proba  # noqa: PLC0415
+    stages.calibration): (the model, or it wrapped with the scaling; report entries)."""
+    from stages import calibration  # noqa: PLC0415
+    from stages.model_files import Calibrated, predict_proba  # noqa: PLC0415
 
     proba = predict_proba(model, x_val)
     temperature = calibration.fit_temperature(proba, y_val)
     report = {"temperature": temperature,
               "val_ece_raw": round(calibration.expected_calibration_error(proba, y_val), 5)}
     if temperature != 1.0:
-        model = models.with_temperature(model, temperature)
+        model = Calibrated(model, temperature)
         proba = predict_proba(model, x_val)
     report["val_ece"] = round(calibration.expected_calibration_error(proba, y_val), 5)
     return model, report
