@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
@@ -43,7 +44,7 @@ from stages.common import (
     cli,
 )
 from stages.inputs import DEFAULT_CHUNK_ROWS, InputReader, PlausibilityCheck, parse_renames
-from stages.model_files import family_file
+from stages.model_files import PREDICT_BATCH, family_file
 from stages.params import MODELS
 from stages.ranking import top_k_classes  # the tie rule evaluate counts with
 
@@ -201,8 +202,6 @@ def predict_tables(model_file: Path, input_path: Path, k: int, say: Callable[[st
     input goes to ``say`` as it comes (``say`` adds the file name)."""
     from stages.model_files import (  # noqa: PLC0415
         MISSING_MEMBER,
-        load_model,
-        predict_proba,
         read_features,
         read_member,
         read_ranges,
@@ -224,27 +223,79 @@ def predict_tables(model_file: Path, input_path: Path, k: int, say: Callable[[st
         plausibility = PlausibilityCheck(input_path, features, ranges, reader.unit)
         messages = CappedMessages(say, reader.unit)
         model = classes = None
+        # Rows are predicted in groups fixed by their position in the file (lines or
+        # entries k*B .. k*B+B-1, B = PREDICT_BATCH), whatever the chunks: a network's
+        # float arithmetic depends on which rows share a call, so the answers do not
+        # depend on the chunk size. A group cut by a chunk's end waits for the next chunk.
+        pending = None
         for chunk in reader.chunks():
             messages.add(chunk.problems)
             chunk.values[:, hidden_columns] = np.nan  # NaN: missing, for a model that takes it
             usable = ~plausibility.skip(chunk.values, chunk.positions)
-            if not usable.any():
+            ids = chunk.track_ids[usable] if chunk.track_ids is not None else None
+            rows = Rows(chunk.values[usable], chunk.positions[usable], ids).after(pending)
+            if not len(rows.positions):
+                continue
+            group = rows.positions // PREDICT_BATCH
+            done = group < group[-1]  # the last group may go on in the next chunk
+            pending = rows.take(~done)
+            if not done.any():
                 continue
             if model is None:
-                from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
-
-                quiet_tensorflow()
-                model, classes, _ = load_model(model_file)
-            table = answers.table(predict_proba(model, chunk.values[usable].astype("float32")),
-                                  classes)
-            table.insert(0, reader.unit, chunk.positions[usable])
-            if chunk.track_ids is not None:
-                table.insert(0, ID_COLUMN, chunk.track_ids[usable])
-            yield table
+                model, classes = _load(model_file)
+            yield rows.take(done).table(model, classes, answers, reader.unit)
+        if pending is not None and len(pending.positions):
+            if model is None:
+                model, classes = _load(model_file)
+            yield pending.table(model, classes, answers, reader.unit)
         messages.finish()
         plausibility.check_majority()
         for line in plausibility.summary():
             say(line)
+
+
+def _load(model_file: Path):
+    from stages.model_files import load_model  # noqa: PLC0415
+    from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
+
+    quiet_tensorflow()
+    model, classes, _ = load_model(model_file)
+    return model, classes
+
+
+@dataclass
+class Rows:
+    """Usable rows of a file: feature values, positions (line or entry), track ids."""
+
+    values: np.ndarray
+    positions: np.ndarray
+    track_ids: np.ndarray | None
+
+    def after(self, earlier: "Rows | None") -> "Rows":
+        if earlier is None or not len(earlier.positions):
+            return self
+        ids = None if self.track_ids is None else np.concatenate([earlier.track_ids,
+                                                                   self.track_ids])
+        return Rows(np.concatenate([earlier.values, self.values]),
+                    np.concatenate([earlier.positions, self.positions]), ids)
+
+    def take(self, mask: np.ndarray) -> "Rows":
+        return Rows(self.values[mask], self.positions[mask],
+                    None if self.track_ids is None else self.track_ids[mask])
+
+    def table(self, model, classes: list[str], answers: "Answers", unit: str) -> pd.DataFrame:
+        """The output rows: one model call per position group (see predict_tables)."""
+        from stages.model_files import predict_proba  # noqa: PLC0415
+
+        group = self.positions // PREDICT_BATCH
+        starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+        x = self.values.astype("float32")
+        proba = np.concatenate([predict_proba(model, part) for part in np.split(x, starts[1:])])
+        table = answers.table(proba, classes)
+        table.insert(0, unit, self.positions)
+        if self.track_ids is not None:
+            table.insert(0, ID_COLUMN, self.track_ids)
+        return table
 
 
 def write_tables(tables: Iterator[pd.DataFrame], handle: TextIO, input_path: Path) -> int:
