@@ -206,8 +206,7 @@ def summary_rows(rev: str = "HEAD", repo: Path = REPO) -> list[dict]:
     return rows
 
 
-GENERATED = re.compile(r"(<!-- (python -m bench\.table [^>]*?) -->\n)(.*?)(\n<!-- end of \2 -->)",
-                       re.S)
+GENERATED = re.compile(r"(<!-- (python -m bench\.table [^>]*?) -->)(.*?)(<!-- end of \2 -->)", re.S)
 
 
 def update_docs(repo: Path = REPO) -> list[str]:
@@ -222,7 +221,7 @@ def update_docs(repo: Path = REPO) -> list[str]:
             out = io.StringIO()
             with contextlib.redirect_stdout(out):
                 main(shlex.split(match.group(2))[3:])
-            return match.group(1) + out.getvalue().strip() + match.group(4)
+            return f"{match.group(1)}\n{out.getvalue().strip()}\n{match.group(4)}"
 
         new = GENERATED.sub(fresh, text)
         if new != text:

@@ -79,8 +79,7 @@ def test_the_readme_results_table_is_bench_table_summary():
     assert len(rows) <= 10
 
 
-GENERATED = re.compile(r"<!-- (python -m bench\.table [^>]*?) -->\n(.*?)\n<!-- end of \1 -->",
-                       re.S)
+GENERATED = re.compile(r"<!-- (python -m bench\.table [^>]*?) -->(.*?)<!-- end of \1 -->", re.S)
 
 
 def test_every_generated_table_in_the_docs_is_its_command_s_output(capsys):

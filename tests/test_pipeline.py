@@ -56,7 +56,7 @@ def test_repro_runs_every_stage_and_writes_every_output(pipeline_repo):
     epoch_lines = re.findall(r"^epoch \d+/\d+ - .*loss.*val_accuracy", result.stdout, re.M)
     epochs_run = sum(json.loads((repo / f"reports/train/{f}.json").read_text())["epochs_run"]
                      for f in NETWORKS)
-    assert len(epoch_lines) == epochs_run == 8
+    assert len(epoch_lines) == epochs_run == 6
     assert "Epoch 1/" not in result.stdout and "\r" not in result.stdout
     assert "ms/step" not in result.stdout
 
@@ -150,7 +150,8 @@ def test_publishing_a_tree_family_or_the_blend_reruns_only_publish(pipeline_repo
         np.testing.assert_allclose(predict_proba(published, x),
                                    predict_proba(load_model(repo / source)[0], x), atol=1e-7)
         predicted = run_cmd(["python", "-m", "stages.predict", "genre-classifier",
-                             str(tmp_path / "test.csv"), "-k", "1"], repo, env).stdout
+                             str(tmp_path / "test.csv"), "-k", "1", "--use-popularity"],
+                            repo, env).stdout
         table = list(csv.DictReader(io.StringIO(predicted)))
         right = np.mean([row["genre_1"] == label for row, label in zip(table, test["label"])])
         assert round(float(right), 5) == evaluated["families"][name]["accuracy"], name
@@ -279,7 +280,8 @@ def test_learned_taxonomy_drives_the_classes_through_training_and_prediction(rep
     rows = table.rows_of("learned-3", table.experiments(repo)["learned-3"], repo)
     assert [r["family"] for r in rows] == list(MODELS)
     assert {r["classes"] for r in rows} == {"3 (learned ≤2)"}
-    assert all(0 <= r["accuracy"] <= 1 and r["train s"] >= 0 for r in rows)
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+    assert all(r["train s"] >= 0 for r in rows if r["family"] != "blend")  # no training stage
     assert "| learned-3 | recording | 3 (learned ≤2) | all | mlp |" in table.markdown(rows)
     bad = run_cmd(["dvc", "exp", "run", "-S", "merge_genres.strategy=learned",
                    "-S", "merge_genres.n_groups=9"], repo, env, check=False)
