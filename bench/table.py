@@ -177,7 +177,8 @@ def summary_rows(rev: str = "HEAD", repo: Path = REPO) -> list[dict]:
 
     def family_row(model: str, family: str) -> dict:
         train = show(rev, f"reports/train/{family}.json", repo)
-        study = STUDY_ACCURACY.get(family, "- (no trees)") if classes == 114 else None
+        study = (STUDY_ACCURACY.get(family, "- (no trees)" if family in ("forest", "boosting")
+                                    else "-") if classes == 114 else None)
         return {"model": model, "classes": classes, "accuracy": metrics[family]["accuracy"],
                 "top-5": metrics[family]["top5"], "macro-F1": metrics[family]["macro_f1"],
                 "calibration error": metrics[family].get("ece"),
