@@ -36,7 +36,6 @@ from stages.common import (
     AUDIO_FEATURES,
     FEATURES,
     ID_COLUMN,
-    MODELS_DIR,
     PUBLISHED_MODEL,
     PUBLISHED_NAME,
     UserError,

@@ -192,12 +192,12 @@ def publish(model_name: str, models_dir: Path = MODELS_DIR, plots_dir: Path = PL
     from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
 
     quiet_tensorflow()
-    from stages.model_files import load_model, predict_proba  # noqa: PLC0415
-
     from stages.model_files import (  # noqa: PLC0415
         MISSING_MEMBER,
         TAXONOMY_MEMBER,
         family_file,
+        load_model,
+        predict_proba,
         read_member,
     )
 
