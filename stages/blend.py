@@ -28,9 +28,11 @@ from stages.common import (
     label_indices,
     read_classes,
     read_labeled,
+    validation_proba,
     write_json,
+    write_val_proba,
 )
-from stages.params import BLEND, load_section
+from stages.params import BLEND, load_final_fit, load_section
 
 NEGLIGIBLE = 1e-6  # a fitted weight below this is the optimiser's rounding of 0
 
@@ -102,13 +104,11 @@ def fit_blend(probas: dict[str, np.ndarray], y: np.ndarray, min_weight: float) -
     """Weights (by member name), temperature and validation scores of each member and the blend."""
     names = list(probas)
     weights = choose_weights(true_class_probabilities([probas[n] for n in names], y), min_weight)
-    mean = sum(w * np.asarray(probas[n], dtype=np.float64) for n, w in zip(names, weights) if w > 0)
-    mean = mean / mean.sum(axis=1, keepdims=True)
-    temperature = fit_temperature(mean, y)
+    fitted = {"weights": {n: float(w) for n, w in zip(names, weights)}, "temperature": 1.0}
+    fitted["temperature"] = fit_temperature(blended_proba(probas, fitted), y)
     validation = {name: scores(probas[name], y) for name in names}
-    validation[BLEND] = scores(apply_temperature(mean, temperature), y)
-    return {"weights": {n: float(w) for n, w in zip(names, weights)},
-            "temperature": temperature, "val_rows": int(len(y)), "validation": validation}
+    validation[BLEND] = scores(blended_proba(probas, fitted), y)
+    return {**fitted, "val_rows": int(len(y)), "validation": validation}
 
 
 def load_members(names: list[str], classes: list[str]) -> dict:
@@ -128,13 +128,19 @@ def load_members(names: list[str], classes: list[str]) -> dict:
     return loaded
 
 
-def blend(params, classes: list[str], val) -> tuple[dict, list, list[str]]:
-    """(report, [(name, file, weight)] of the kept members, the blend's feature list)."""
+def blend(params, classes: list[str], val, final_fit: str = "train"
+          ) -> tuple[dict, list, list[str], np.ndarray]:
+    """(report, [(name, file, weight)] of the kept members, the blend's feature list, its
+    calibrated validation probabilities)."""
     from stages.model_files import MISSING_MEMBER, predict_proba, read_member  # noqa: PLC0415
 
     loaded = load_members(list(params.members), classes)
     y = label_indices(val, classes)
-    probas = {name: predict_proba(model, val[features].to_numpy("float32"))
+    # the members' fits on train alone (with final_fit = train+val the files have seen val)
+    probas = {name: validation_proba(
+                  name, len(val), len(classes), final_fit,
+                  lambda model=model, features=features: predict_proba(
+                      model, val[features].to_numpy("float32")))
               for name, (model, features, _) in loaded.items()}
     report = {"members_considered": list(params.members), "min_weight": params.min_weight,
               **fit_blend(probas, y, params.min_weight)}
@@ -144,7 +150,14 @@ def blend(params, classes: list[str], val) -> tuple[dict, list, list[str]]:
     kept = [(name, loaded[name][2], weight) for name, weight in report["weights"].items()
             if weight > 0 or name == fallback]
     used = {f for name, _, _ in kept for f in loaded[name][1]}
-    return report, kept, [f for f in FEATURES if f in used]
+    return report, kept, [f for f in FEATURES if f in used], blended_proba(probas, report)
+
+
+def blended_proba(probas: dict[str, np.ndarray], report: dict) -> np.ndarray:
+    """The calibrated weighted mean that fit_blend scored."""
+    mean = sum(weight * np.asarray(probas[name], dtype=np.float64)
+               for name, weight in report["weights"].items() if weight > 0)
+    return apply_temperature(mean / mean.sum(axis=1, keepdims=True), report["temperature"])
 
 
 def member_ranges(paths: list, features: list[str]) -> dict[str, list[float]]:
@@ -174,9 +187,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args(argv)
     params = load_section(BLEND)
+    final_fit = load_final_fit()
     quiet_tensorflow()
     classes = read_classes()
-    report, kept, features = blend(params, classes, read_labeled("val"))
+    report, kept, features, val_proba = blend(params, classes, read_labeled("val"), final_fit)
     report["features"] = features
     extra = {RANGES_MEMBER: member_ranges([path for _, path, _ in kept], features)}
     if report["fallback"]:  # the blend takes missing features as its fallback member does
@@ -184,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     save_blend(family_file(BLEND), kept, classes, features, report["temperature"], extra,
                report["fallback"])
     write_json(REPORTS_DIR / "blend.json", report)
+    write_val_proba(BLEND, val_proba)
     weights = ", ".join(f"{name} {weight:.3f}" for name, _, weight in kept)
     val = report["validation"][BLEND]
     print(f"blend: {weights}; temperature {report['temperature']}; val accuracy "

@@ -63,6 +63,9 @@ SPLIT_DIR = Path("data/split")
 LABELED_DIR = Path("data/labeled")
 CLASSES_JSON = LABELED_DIR / "classes.json"
 MODELS_DIR = Path("models")
+# each family's (and the blend's) validation probabilities from its fit on train alone: what
+# blend and evaluate weigh and rank by, even when the saved model was refitted on train+val
+VAL_PROBA_DIR = Path("data/val_proba")
 PUBLISHED_NAME = "genre-classifier"  # the artifact this repository publishes (param `model` picks it)
 PUBLISHED_MODEL = MODELS_DIR / f"{PUBLISHED_NAME}.keras"
 METRICS_DIR = Path("metrics")
@@ -169,6 +172,33 @@ def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
     if not path.exists():
         raise UserError(f"{path}: file not found (run the stage that produces it: dvc repro)")
     return pd.read_parquet(path, engine="pyarrow")
+
+
+def write_val_proba(name: str, proba) -> None:
+    import numpy as np  # noqa: PLC0415
+
+    with atomic_path(VAL_PROBA_DIR / f"{name}.npy", ".npy") as tmp, open(tmp, "wb") as out:
+        np.save(out, np.asarray(proba), allow_pickle=False)
+
+
+def validation_proba(name: str, n_rows: int, n_classes: int, final_fit: str, predict):
+    """``name``'s validation probabilities: from VAL_PROBA_DIR when its train stage wrote
+    them, else ``predict()`` (a model fitted outside the pipeline), which is honest only
+    when the model never saw the validation split (final_fit = train)."""
+    import numpy as np  # noqa: PLC0415
+
+    path = VAL_PROBA_DIR / f"{name}.npy"
+    if path.exists():
+        proba = np.load(path, allow_pickle=False)
+        if proba.shape != (n_rows, n_classes):
+            raise UserError(f"{path}: probabilities of shape {proba.shape}, but the validation "
+                            f"split has {n_rows} rows and {n_classes} classes: re-run its "
+                            "train stage (dvc repro)")
+        return proba
+    if final_fit != "train":
+        raise UserError(f"{path}: file not found: with final_fit = {final_fit} the validation "
+                        "probabilities come from the fit on train alone (dvc repro)")
+    return predict()
 
 
 def read_json(path: str | os.PathLike):

@@ -29,11 +29,12 @@ from stages.common import (
     cli,
     label_indices,
     read_labeled,
+    validation_proba,
     write_csv,
     write_json,
 )
 from stages.calibration import ECE_BINS, reliability
-from stages.params import FAMILIES, MODELS
+from stages.params import FAMILIES, MODELS, load_final_fit
 from stages.ranking import top_class, top_k_hits
 from stages.split import recording_ids
 
@@ -213,7 +214,7 @@ def headline(report: dict) -> dict:
     return metrics
 
 
-def evaluate(families, models_dir: Path = MODELS_DIR) -> dict:
+def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train") -> dict:
     """Score each saved model (a family, or the blend) on the test split; return the full
     report. Validation accuracy picks the single family the others are compared with."""
     from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
@@ -241,16 +242,21 @@ def evaluate(families, models_dir: Path = MODELS_DIR) -> dict:
         model, classes, features = load_model(path)
         proba = predict_proba(model, test[features].to_numpy("float32"))  # its own features
         actual = label_indices(test, classes)
-        val_proba = predict_proba(model, splits["val"][features].to_numpy("float32"))
+        val = splits["val"]
+        # the fit on train alone's (with final_fit = train+val the model has seen validation)
+        val_proba = validation_proba(
+            family, len(val), len(classes), final_fit,
+            lambda: predict_proba(model, val[features].to_numpy("float32")))
         del model
         val_accuracy[family] = round(float(
-            (top_class(val_proba) == label_indices(splits["val"], classes)).mean()), 5)
+            (top_class(val_proba) == label_indices(val, classes)).mean()), 5)
         report["families"][family] = {
             **score(proba, test, classes, track_labels, seen), "features": len(features),
             "val_accuracy": val_accuracy[family]}
         curves[family] = reliability_curve(proba, actual)
         right[family] = top_class(proba) == actual
     report["test_set"] = test_set_stats(test, seen, classes, union)
+    report["final_fit"] = final_fit
     report["comparison"] = comparisons(right, val_accuracy, recording_ids(test), FAMILIES)
     return report, curves
 
@@ -259,7 +265,7 @@ def evaluate(families, models_dir: Path = MODELS_DIR) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args(argv)
-    report, curves = evaluate(MODELS)
+    report, curves = evaluate(MODELS, final_fit=load_final_fit())
     for family, curve in {**curves, "ideal": ideal_curve()}.items():
         write_csv(PLOTS_DIR / "calibration" / f"{family}.csv", curve)
     write_json(REPORTS_DIR / "evaluate.json", report)

@@ -21,6 +21,9 @@ TREES = ("forest", "boosting")  # scikit-learn tree models (stages/trees.py), sc
 FAMILIES = NETWORKS + TREES
 BLEND = "blend"  # the weighted mean of the families' probabilities (stage blend)
 MODELS = FAMILIES + (BLEND,)  # what param `model` may publish
+# What the saved models are fitted on: train (validation held out) | train+val (refitted with
+# the epochs / rounds / temperature that validation chose, on both splits; never test)
+FINAL_FITS = ("train", "train+val")
 
 
 class Section(BaseModel):
@@ -243,4 +246,13 @@ def load_feature_set(path: Path = PARAMS_FILE) -> str:
     name = data.get("features", "all")  # a params file from before the param: all 15
     if not isinstance(name, str) or name not in FEATURE_SETS:
         raise UserError(f"{path}: features = {name!r}: must be one of {', '.join(FEATURE_SETS)}")
+    return name
+
+
+def load_final_fit(path: Path = PARAMS_FILE) -> str:
+    """The `final_fit` param (FINAL_FITS): what the saved models are fitted on."""
+    data = read_params_file(path)
+    name = data.get("final_fit", "train")  # a params file from before the param: train
+    if name not in FINAL_FITS:
+        raise UserError(f"{path}: final_fit = {name!r}: must be one of {', '.join(FINAL_FITS)}")
     return name

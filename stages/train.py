@@ -33,9 +33,10 @@ from stages.common import (
     read_labeled,
     write_csv,
     write_json,
+    write_val_proba,
 )
 from stages.model_files import save_model
-from stages.params import NETWORKS, load_feature_set, load_section
+from stages.params import NETWORKS, load_feature_set, load_final_fit, load_section
 from stages.tf_setup import quiet_tensorflow
 
 
@@ -125,43 +126,61 @@ def masked_batches(x: np.ndarray, y: np.ndarray, batch_size: int, rate: float,
     return MaskedBatches()
 
 
-def train(family: str, params, train_frame, val_frame, classes,
-          features: list[str] = FEATURES, extra_callbacks=()):
-    """Fit the family's model on ``features``; return (model, history dict, summary dict)."""
+def fit_network(family: str, params, x: np.ndarray, y: np.ndarray, classes, features: list[str],
+                epochs: int, validation: tuple[np.ndarray, np.ndarray] | None = None,
+                extra_callbacks=()):
+    """Build the family's model (seeded) and fit it for at most ``epochs``, with the learning
+    rate schedule of ``params.epochs``: with ``validation`` it stops early on it and keeps
+    the best epoch's weights. Returns (the served model, the Keras history dict)."""
     import keras  # noqa: PLC0415
 
     from stages import models  # noqa: PLC0415
 
     keras.utils.set_random_seed(params.seed)
-    x_train, y_train = features_and_labels(train_frame, classes, features)
-    x_val, y_val = features_and_labels(val_frame, classes, features)
-    model = models.build(family, x_train, len(classes), params, features)
-    steps = int(np.ceil(len(x_train) / params.batch_size))
+    model = models.build(family, x, len(classes), params, features)
+    steps = int(np.ceil(len(x) / params.batch_size))
     fitted = models.training_model(model)  # an ensemble fits its members, each on its own loss
     models.compile_model(fitted, params, steps)
-    # An ensemble's members can overfit while their mean still improves: stop on the mean.
-    ensemble = fitted is not model
-    callbacks = [*([mean_monitor(model, x_val, y_val)] if ensemble else []),
-                 keras.callbacks.EarlyStopping(
-                     monitor="val_mean_loss" if ensemble else "val_loss", mode="min",
-                     patience=params.patience, restore_best_weights=True),
-                 epoch_printer(params.epochs)]
-    callbacks.extend(extra_callbacks)
-    started = time.perf_counter()
-    y_fit = models.targets(y_train, len(classes), params, fitted)
-    validation = (x_val, models.targets(y_val, len(classes), params, fitted))
+    callbacks = []
+    fit_options = {}
+    if validation is not None:
+        x_val, y_val = validation
+        # An ensemble's members can overfit while their mean still improves: stop on the mean.
+        ensemble = fitted is not model
+        callbacks = [*([mean_monitor(model, x_val, y_val)] if ensemble else []),
+                     keras.callbacks.EarlyStopping(
+                         monitor="val_mean_loss" if ensemble else "val_loss", mode="min",
+                         patience=params.patience, restore_best_weights=True)]
+        fit_options = {"validation_data": (x_val, models.targets(y_val, len(classes), params,
+                                                                 fitted))}
+    callbacks += [epoch_printer(epochs), *extra_callbacks]
+    y_fit = models.targets(y, len(classes), params, fitted)
     if getattr(params, "feature_dropout", 0) > 0:  # the model learns to do without features
-        batches = masked_batches(x_train, y_fit, params.batch_size, params.feature_dropout,
+        batches = masked_batches(x, y_fit, params.batch_size, params.feature_dropout,
                                  list(features), params.seed, params.popularity_dropout)
-        fit = fitted.fit(batches, validation_data=validation, epochs=params.epochs,
-                         validation_batch_size=params.batch_size, callbacks=callbacks, verbose=0)
+        if validation is not None:
+            fit_options["validation_batch_size"] = params.batch_size
+        fit = fitted.fit(batches, epochs=epochs, callbacks=callbacks, verbose=0, **fit_options)
     else:
-        fit = fitted.fit(x_train, y_fit, validation_data=validation, epochs=params.epochs,
-                         batch_size=params.batch_size, callbacks=callbacks, verbose=0)
-    seconds = time.perf_counter() - started
-    history = {k: [float(v) for v in values] for k, values in fit.history.items()}
+        fit = fitted.fit(x, y_fit, epochs=epochs, batch_size=params.batch_size,
+                         callbacks=callbacks, verbose=0, **fit_options)
     if fitted is not model:  # the mean of the members, with their optimizer (saved with it)
         models.compile_model(model, params, steps, optimizer=fitted.optimizer)
+    return model, {k: [float(v) for v in values] for k, values in fit.history.items()}
+
+
+def train(family: str, params, train_frame, val_frame, classes,
+          features: list[str] = FEATURES, extra_callbacks=()):
+    """Fit the family's model on ``features`` of the training split, stopping early and
+    calibrating on validation; return (model, history dict, summary dict)."""
+    from stages import models  # noqa: PLC0415
+
+    x_train, y_train = features_and_labels(train_frame, classes, features)
+    x_val, y_val = features_and_labels(val_frame, classes, features)
+    started = time.perf_counter()
+    model, history = fit_network(family, params, x_train, y_train, classes, features,
+                                 params.epochs, (x_val, y_val), extra_callbacks)
+    seconds = time.perf_counter() - started
     val_loss, val_acc, val_top5 = model.evaluate(
         x_val, models.targets(y_val, len(classes), params, model), batch_size=4096, verbose=0)
     model, calibration = calibrate(model, x_val, y_val)
@@ -179,6 +198,31 @@ def train(family: str, params, train_frame, val_frame, classes,
         **calibration,
     }
     return model, history, summary
+
+
+def train_final(family: str, params, train_frame, val_frame, classes, features: list[str],
+                final_fit: str):
+    """train(), then with final_fit = train+val the same model refitted on both splits for
+    the best epoch validation chose, with validation's temperature. Returns (the model to
+    save, history, summary, the validation probabilities of the fit on train alone)."""
+    from stages.model_files import Calibrated, predict_proba  # noqa: PLC0415
+
+    model, history, summary = train(family, params, train_frame, val_frame, classes, features)
+    val_proba = predict_proba(model, features_and_labels(val_frame, classes, features)[0])
+    summary["fit"] = final_fit
+    if final_fit == "train+val":
+        both = pd.concat([train_frame, val_frame], ignore_index=True)
+        x, y = features_and_labels(both, classes, features)
+        epochs = summary["best_epoch"]
+        print(f"train {family}: refit on train+val ({len(x)} rows) for {epochs} epochs",
+              flush=True)
+        started = time.perf_counter()
+        model, _ = fit_network(family, params, x, y, classes, features, epochs)
+        summary["final_fit_seconds"] = round(time.perf_counter() - started, 1)
+        summary["final_fit_rows"] = len(x)
+        if summary["temperature"] != 1.0:
+            model = Calibrated(model, summary["temperature"])
+    return model, history, summary, val_proba
 
 
 def calibrate(model, x_val: np.ndarray, y_val: np.ndarray):
@@ -210,19 +254,23 @@ def main(argv: list[str] | None = None) -> None:
     params = load_section(args.family)  # validate before any heavy import
     features = FEATURE_SETS[args.features or load_feature_set()]
     name = args.name or args.family
+    final_fit = load_final_fit()
     quiet_tensorflow()
     classes = read_classes()
     train_frame, val_frame = read_labeled("train"), read_labeled("val")
-    model, history, summary = train(args.family, params, train_frame, val_frame, classes,
-                                    features=features)
+    model, history, summary, val_proba = train_final(args.family, params, train_frame,
+                                                     val_frame, classes, features, final_fit)
     # each file is written atomically, and only after training has finished
     write_csv(PLOTS_DIR / "train" / f"{name}.csv", learning_curves(history))
     write_json(REPORTS_DIR / "train" / f"{name}.json", summary)
+    write_val_proba(name, val_proba)
     from stages.model_files import MISSING_MEMBER  # noqa: PLC0415
     from stages.models import MIN_FEATURES, accepts_missing  # noqa: PLC0415
 
     extra = {MISSING_MEMBER: {"min_features": MIN_FEATURES}} if accepts_missing(model) else {}
-    ranges = feature_ranges(train_frame[features].to_numpy("float64"), features)
+    fitted_on = (pd.concat([train_frame, val_frame]) if final_fit == "train+val"
+                 else train_frame)
+    ranges = feature_ranges(fitted_on[features].to_numpy("float64"), features)
     save_model(model, MODELS_DIR / f"{name}.keras", classes, features, ranges, extra)
     print(f"train {name} ({args.family}, {len(features)} features): "
           f"val accuracy {summary['val_accuracy']:.4f}, "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import pandas as pd
 
 from stages.common import (
     FEATURE_SETS,
@@ -24,11 +25,12 @@ from stages.common import (
     read_classes,
     read_labeled,
     write_json,
+    write_val_proba,
 )
 from stages import calibration
 from stages.model_files import family_file
 from stages.ranking import top_class
-from stages.params import PARAMS_FILE, TREES, load_feature_set, load_section
+from stages.params import PARAMS_FILE, TREES, load_feature_set, load_final_fit, load_section
 
 
 def check_fits_features(family: str, params, feature_set: str, path=PARAMS_FILE) -> None:
@@ -71,6 +73,31 @@ def train(family: str, params, train_frame, val_frame, classes: list[str],
     return model, summary
 
 
+def train_final(family: str, params, train_frame, val_frame, classes: list[str],
+                features: list[str], final_fit: str, n_jobs: int = 2):
+    """train(), then with final_fit = train+val the same family refitted on both splits
+    (boosting for the rounds validation chose) with validation's temperature. Returns (the
+    model to save, summary, the validation probabilities of the fit on train alone)."""
+    from stages import trees  # noqa: PLC0415
+
+    model, summary = train(family, params, train_frame, val_frame, classes, features, n_jobs)
+    val_proba = model.predict_proba(val_frame[features].to_numpy("float32"))
+    summary["fit"] = final_fit
+    if final_fit == "train+val":
+        both = pd.concat([train_frame, val_frame], ignore_index=True)
+        if family == "boosting":  # no early stopping: the rounds kept on validation
+            params = params.model_copy(update={"max_rounds": model.n_trees // len(classes)})
+        print(f"train {family}: refit on train+val ({len(both)} rows)", flush=True)
+        started = time.perf_counter()
+        final = trees.fit(family, params, both[features].to_numpy("float32"),
+                          label_indices(both, classes), None, None, len(classes), n_jobs)
+        summary["final_fit_seconds"] = round(time.perf_counter() - started, 1)
+        summary["final_fit_rows"] = len(both)
+        final.temperature = model.temperature
+        model = final
+    return model, summary, val_proba
+
+
 @cli
 def main(argv: list[str] | None = None) -> None:
     from stages import trees  # noqa: PLC0415
@@ -84,10 +111,15 @@ def main(argv: list[str] | None = None) -> None:
     features = FEATURE_SETS[feature_set]
     classes = read_classes()
     train_frame = read_labeled("train")
-    model, summary = train(args.family, params, train_frame, read_labeled("val"), classes,
-                           features)
+    val_frame = read_labeled("val")
+    final_fit = load_final_fit()
+    model, summary, val_proba = train_final(args.family, params, train_frame, val_frame,
+                                            classes, features, final_fit)
     write_json(REPORTS_DIR / "train" / f"{args.family}.json", summary)
-    ranges = feature_ranges(train_frame[features].to_numpy("float64"), features)
+    write_val_proba(args.family, val_proba)
+    fitted_on = (pd.concat([train_frame, val_frame]) if final_fit == "train+val"
+                 else train_frame)
+    ranges = feature_ranges(fitted_on[features].to_numpy("float64"), features)
     trees.save(model, family_file(args.family), classes, features, ranges=ranges)
     print(f"train {args.family} ({len(features)} features): "
           f"val accuracy {summary['val_accuracy']:.4f}, {summary['trees']} trees, "

@@ -453,7 +453,9 @@ def fit_forest(params: ForestParams, x_train, y_train, n_classes: int, n_jobs: i
 
 def fit_boosting(params: BoostingParams, x_train, y_train, x_val, y_val, n_classes: int,
                  n_jobs: int = 2) -> Boosting:
-    """Fit HistGradientBoostingClassifier; keep the rounds up to the best validation loss."""
+    """Fit HistGradientBoostingClassifier; keep the rounds up to the best validation loss
+    (without a validation split: all ``params.max_rounds`` rounds, e.g. a refit for the
+    rounds an earlier fit chose)."""
     from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: PLC0415
     from threadpoolctl import threadpool_limits  # noqa: PLC0415
 
@@ -466,12 +468,16 @@ def fit_boosting(params: BoostingParams, x_train, y_train, x_val, y_val, n_class
     model = HistGradientBoostingClassifier(
         learning_rate=params.learning_rate, max_iter=params.max_rounds,
         max_leaf_nodes=params.max_leaf_nodes, min_samples_leaf=params.min_samples_leaf,
-        l2_regularization=params.l2_regularization, early_stopping=True, scoring="loss",
-        n_iter_no_change=params.patience, random_state=params.seed)
+        l2_regularization=params.l2_regularization, early_stopping=x_val is not None,
+        scoring="loss", n_iter_no_change=params.patience, random_state=params.seed)
     with threadpool_limits(n_jobs, user_api="openmp"):
-        model.fit(x_train, y_train, X_val=x_val, y_val=y_val)
+        if x_val is None:
+            model.fit(x_train, y_train)
+        else:
+            model.fit(x_train, y_train, X_val=x_val, y_val=y_val)
     # validation_score_[i] is minus the loss after i rounds (0: the baseline alone)
-    rounds = max(1, int(np.argmax(model.validation_score_)))
+    rounds = (max(1, int(np.argmax(model.validation_score_))) if x_val is not None
+              else model.n_iter_)
     predictors = [p for iteration in model._predictors[:rounds] for p in iteration]
     parts = []
     for predictor in predictors:
@@ -504,10 +510,11 @@ def fit(family: str, params, x_train, y_train, x_val, y_val, n_classes: int, n_j
     if family == "forest":
         model = fit_forest(params, x_train, y_train, n_classes, n_jobs)
     elif family == "boosting":
-        if x_val is None or y_val is None:
-            raise ValueError("boosting needs the validation split (early stopping)")
-        model = fit_boosting(params, x_train, y_train, np.asarray(x_val, dtype=np.float32),
-                             np.asarray(y_val, dtype=np.int64), n_classes, n_jobs)
+        if (x_val is None) != (y_val is None):
+            raise ValueError("boosting's validation split needs both features and labels")
+        if x_val is not None:
+            x_val, y_val = np.asarray(x_val, dtype=np.float32), np.asarray(y_val, dtype=np.int64)
+        model = fit_boosting(params, x_train, y_train, x_val, y_val, n_classes, n_jobs)
     else:
         raise UserError(f"unknown tree family {family!r}: {', '.join(TREE_FAMILIES)}")
     model.sklearn_version = sklearn_version()

@@ -25,6 +25,7 @@ from stages.params import (
     SECTIONS,
     TREES,
     load_feature_set,
+    load_final_fit,
     load_model_name,
     load_section,
     read_params_file,
@@ -214,6 +215,7 @@ def validated(params: dict, tmp_path: Path) -> dict:
     loaded = {section: load_section(section, path) for section in SECTIONS}
     loaded["model"] = load_model_name(path)
     loaded["features"] = load_feature_set(path)
+    loaded["final_fit"] = load_final_fit(path)
     return loaded
 
 

@@ -275,11 +275,13 @@ def test_boosting_needs_every_class_in_training(data):
         trees.fit("boosting", params, x_train[keep], y_train[keep], x_val, y_val, len(classes))
 
 
-def test_boosting_needs_the_validation_split(data):
-    x_train, y_train, _, _, classes = data
-    params = BoostingParams(**TINY["boosting"])
-    with pytest.raises(ValueError, match="validation split"):
-        trees.fit("boosting", params, x_train, y_train, None, None, len(classes))
+def test_boosting_without_a_validation_split_fits_every_round(data):
+    x_train, y_train, x_val, _, classes = data
+    params = BoostingParams(**{**TINY["boosting"], "max_rounds": 4})
+    model = trees.fit("boosting", params, x_train, y_train, None, None, len(classes), n_jobs=1)
+    assert model.n_trees == 4 * len(classes)  # a refit for the rounds an earlier fit chose
+    with pytest.raises(ValueError, match="validation split needs both"):
+        trees.fit("boosting", params, x_train, y_train, x_val, None, len(classes))
 
 
 def test_unknown_family(data):
