@@ -24,10 +24,14 @@ def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
     proba = np.asarray(proba, dtype=np.float64)
     if temperature == 1.0:
         return proba
-    logits = np.log(np.maximum(proba, TINY)) / temperature
+    return _tempered(np.log(np.maximum(proba, TINY)), proba <= 0, temperature)
+
+
+def _tempered(log_proba: np.ndarray, ruled_out: np.ndarray, temperature: float) -> np.ndarray:
+    logits = log_proba / temperature
     logits -= logits.max(axis=1, keepdims=True)
     out = np.exp(logits)
-    out[proba <= 0] = 0.0  # a class the model rules out stays ruled out
+    out[ruled_out] = 0.0  # a class the model rules out stays ruled out
     return out / out.sum(axis=1, keepdims=True)
 
 
@@ -46,9 +50,13 @@ def fit_temperature(proba: np.ndarray, y: np.ndarray) -> float:
     y = np.asarray(y, dtype=np.int64)
     if len(y) == 0:
         return 1.0
+    proba = np.asarray(proba, dtype=np.float64)
     best, best_error = 1.0, expected_calibration_error(proba, y)
+    log_proba, ruled_out = np.log(np.maximum(proba, TINY)), proba <= 0  # once, not per T
     for temperature in TEMPERATURES:
-        error = expected_calibration_error(apply_temperature(proba, float(temperature)), y)
+        tempered = (proba if temperature == 1.0
+                    else _tempered(log_proba, ruled_out, float(temperature)))
+        error = expected_calibration_error(tempered, y)
         if error < best_error - 1e-9:
             best, best_error = float(temperature), error
     return best

@@ -43,6 +43,7 @@ from stages.common import (
 )
 from stages.merge_genres import GROUPS_FILES, genre_mapping, read_groups
 from stages.params import BLEND, TREES, load_model_name
+from stages.ranking import top_class
 from stages.taxonomy import MERGES_REPORT, accuracy_curves
 
 TOP_CONFUSIONS = 20
@@ -158,7 +159,7 @@ def missing_feature_accuracy(model, x: np.ndarray, actual: np.ndarray,
     for hidden in hidden_feature_sets(features):
         masked = x.copy()
         masked[:, [features.index(f) for f in hidden]] = np.nan
-        right = predict_proba(model, masked).argmax(axis=1) == actual
+        right = top_class(predict_proba(model, masked)) == actual
         accuracy[",".join(f for f in features if f in hidden)] = round(float(right.mean()), 5)
     return accuracy
 
@@ -207,7 +208,7 @@ def publish(model_name: str, models_dir: Path = MODELS_DIR, plots_dir: Path = PL
     actual = label_indices(test, classes)
     x = test[features].to_numpy("float32")
     proba = predict_proba(model, x)
-    predicted = proba.argmax(axis=1)
+    predicted = top_class(proba)
     matrix = confusion_counts(actual, predicted, len(classes))
     scores = per_class_scores(actual, predicted, classes)
     accuracy = float((actual == predicted).mean())
