@@ -142,6 +142,11 @@ class Answers:
         self.k, self.level = k, level
         self.hierarchy = read_member(model_file, TAXONOMY_MEMBER)
         if level is not None and self.hierarchy is None:
+            from stages.adapt import is_adapted  # noqa: PLC0415
+
+            if is_adapted(model_file):
+                raise UserError(f"--level {level}: {model_file} is adapted to your own labels "
+                                "(stages.adapt): it answers with them, at no other level")
             raise UserError(f"--level {level}: {model_file} carries no genre hierarchy (the "
                             f"published {PUBLISHED_NAME} does: dvc repro publish)")
         self.fold = None
