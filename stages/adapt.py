@@ -156,7 +156,7 @@ def read_labelled(path: Path, label: str, say: Callable[[str], None], *, decimal
         _, groups = np.unique(track_ids.astype(str), return_inverse=True)
     else:
         track_ids, groups = None, np.arange(len(labels))
-    names, counts = np.unique(labels.astype(str), return_counts=True)
+    names = [str(name) for name in np.unique(labels.astype(str))]
     if len(names) < 2:
         raise UserError(f"{path}: every labelled row has the label {names[0]!r}: a model needs "
                         "at least 2 labels to tell apart")
