@@ -54,6 +54,7 @@ from stages.common import (
     feature_ranges,
 )
 from stages.inputs import DEFAULT_CHUNK_ROWS, InputReader, PlausibilityCheck, parse_renames
+from stages.predict import NOT_FROM_THE_API, CappedMessages
 
 # --- the model file -------------------------------------------------------------------
 
@@ -74,8 +75,6 @@ SIZES = (10, 20, 50, 200)  # labelled tracks per label on the learning curve (pl
 DEFAULT_FOLDS = 5
 MIN_TRACKS = 2  # fewest tracks a label needs
 LINEAR_C = 0.1  # inverse L2 strength of the logistic regression (standardized inputs)
-NOT_FROM_THE_API = ("popularity", "explicit")
-MAX_REPORTED_ROWS = 20
 
 
 # --- reading the labelled file ----------------------------------------------------------
@@ -122,13 +121,10 @@ def read_labelled(path: Path, label: str, say: Callable[[str], None], *, decimal
                 "will ask only for the features used here")
         columns = [base_features.index(f) for f in features]
         plausibility = PlausibilityCheck(path, features, ranges, reader.unit)
+        messages = CappedMessages(say, reader.unit)
         values, labels, ids, skipped = [], [], [], 0
-        shown_problems = 0
         for chunk in reader.chunks():
-            for _, message in chunk.problems:
-                shown_problems += 1
-                if shown_problems <= MAX_REPORTED_ROWS:
-                    say(message)
+            messages.add(chunk.problems)
             x = chunk.values[:, columns]
             keep = ~plausibility.skip(x, chunk.positions)
             text = np.array([str(v).strip() for v in chunk.passthrough], dtype=object)
@@ -139,8 +135,7 @@ def read_labelled(path: Path, label: str, say: Callable[[str], None], *, decimal
             labels.append(text[keep])
             if chunk.track_ids is not None:
                 ids.append(chunk.track_ids[keep])
-        if shown_problems > MAX_REPORTED_ROWS:
-            say(f"... {shown_problems - MAX_REPORTED_ROWS} more rows skipped")
+        messages.finish()
         plausibility.check_majority()
         for line in plausibility.summary():
             say(line)
@@ -620,14 +615,25 @@ def save_adapted(path: Path, base: Base, parts, classes: list[str], features: li
 
 
 def is_adapted(path: Path) -> bool:
+    """True for a zip with an adapted.json member (whatever the file is named)."""
     path = Path(path)
-    if not path.is_file():
+    if path.suffix == ".npz" or not path.is_file():
         return False
     try:
         with zipfile.ZipFile(path) as archive:
             return ADAPTED_MEMBER in archive.namelist()
     except (zipfile.BadZipFile, OSError):
         return False
+
+
+def load_model(path: Path):
+    """``stages.model_files.load_model``, and an adapted model too: (model, classes,
+    features). (Here, not in model_files: that file is a dependency of every training stage.)"""
+    from stages import model_files  # noqa: PLC0415
+
+    if is_adapted(path):
+        return load_adapted(path)
+    return model_files.load_model(path)
 
 
 class Adapted:

@@ -358,10 +358,6 @@ def load_model(path: Path):
         return trees.load(path)
     if is_blend(path):
         return _load_blend(path)
-    from stages.adapt import is_adapted, load_adapted  # noqa: PLC0415
-
-    if is_adapted(path):  # stages.adapt: the base network and plain-array heads
-        return load_adapted(path)
     import keras  # noqa: PLC0415 - callers run stages.tf_setup.quiet_tensorflow() first
 
     try:

@@ -259,7 +259,7 @@ def predict_tables(model_file: Path, input_path: Path, k: int, say: Callable[[st
 
 
 def _load(model_file: Path):
-    from stages.model_files import load_model  # noqa: PLC0415
+    from stages.adapt import load_model  # noqa: PLC0415 - model_files', and adapted models
     from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
 
     quiet_tensorflow()

@@ -62,28 +62,25 @@ def user_tracks(base_file, per_label: int, seed: int) -> pd.DataFrame:
     return pd.concat(picked).sample(frac=1, random_state=seed).reset_index(drop=True)
 
 
-def run_adapt(capsys, *args):
-    from stages import adapt
+def run_main(module: str, capsys, *args):
+    """(exit code, stdout, stderr) of ``python -m stages.MODULE ARGS``, in this process."""
+    import importlib
 
     try:
-        adapt.main([str(a) for a in args])
+        importlib.import_module(f"stages.{module}").main([str(a) for a in args])
         code = 0
     except SystemExit as exc:
         code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def run_adapt(capsys, *args):
+    return run_main("adapt", capsys, *args)
 
 
 def run_predict(capsys, *args):
-    from stages import predict
-
-    try:
-        predict.main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main("predict", capsys, *args)
 
 
 def test_labels_made_from_the_base_genres_are_learned_from_10_tracks_each(base_file, tmp_path,
@@ -157,7 +154,7 @@ def test_adapted_file_predicts_the_users_labels_without_levels_or_pickle(base_fi
     code, _, err = run_adapt(capsys, tmp_path / "api.json", "--label", "genre", "-o", out_file,
                              "--base", base_file, "--head", "ensemble", "--folds", 3)
     assert code == 0, err
-    model, classes, features = model_files.load_model(out_file)
+    model, classes, features = adapt.load_model(out_file)
     assert classes == sorted(set(GROUP.values())) and features == AUDIO_FEATURES
     with zipfile.ZipFile(out_file) as archive:
         names = archive.namelist()
