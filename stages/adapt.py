@@ -319,10 +319,13 @@ def fit_linear(z: np.ndarray, y: np.ndarray, n_classes: int, features: list[str]
     mean, scale = t.mean(axis=0), t.std(axis=0)
     scale[~(scale > 1e-9)] = 1.0
     present = np.unique(y)
-    fit = LogisticRegression(C=LINEAR_C, max_iter=300, tol=1e-4, random_state=seed)
-    fit.fit((t - mean) / scale, y)
     w = np.zeros((z.shape[1], n_classes))
     b = np.full(n_classes, -1e4)  # a label absent from the rows (a CV fold): never answered
+    if len(present) == 1:  # one label in a small fold: it is the answer
+        b[present] = 0.0
+        return NetworkHead(shift, mean, scale, [(w, b)])
+    fit = LogisticRegression(C=LINEAR_C, max_iter=300, tol=1e-4, random_state=seed)
+    fit.fit((t - mean) / scale, y)
     coef, intercept = fit.coef_, fit.intercept_
     if len(present) == 2:  # scikit-learn fits one logit for two classes
         coef = np.vstack([-coef[0] / 2, coef[0] / 2])

@@ -141,6 +141,15 @@ def test_no_track_id_is_in_two_folds():
     assert sorted(np.concatenate([test for _, test in folds])) == list(range(200))
 
 
+def pickled_npz() -> bytes:
+    import io
+
+    handle = io.BytesIO()
+    np.savez(handle, format=np.array("spotify-genre-head"), version=np.array(1),
+             log_shift=np.array([object()], dtype=object))
+    return handle.getvalue()
+
+
 def test_adapted_file_predicts_the_users_labels_without_levels_or_pickle(base_file, tmp_path,
                                                                           capsys):
     from stages import adapt, model_files
@@ -172,6 +181,16 @@ def test_adapted_file_predicts_the_users_labels_without_levels_or_pickle(base_fi
     assert "group" not in header
     code, _, err = run_predict(capsys, out_file, tmp_path / "tracks.csv", "--level", 2)
     assert code == 2 and err.count("\n") == 1 and "adapted to your own labels" in err
+    # a damaged description or a head holding a pickle: one line, no code run
+    for member, data in [(adapt.ADAPTED_MEMBER, b'{"format": "spotify-genre-adapted", '
+                                                b'"version": 1, "heads": "x"}'),
+                         (spec["heads"][0]["file"], pickled_npz())]:
+        broken = tmp_path / "broken.zip"
+        with zipfile.ZipFile(out_file) as old, zipfile.ZipFile(broken, "w") as new:
+            for item in old.infolist():
+                new.writestr(item, data if item.filename == member else old.read(item.filename))
+        code, _, err = run_predict(capsys, broken, tmp_path / "tracks.csv")
+        assert code == 2 and "not a" in err and err.count("error:") == 1, err
     # the same input gives the same file
     again = tmp_path / "again.zip"
     code, _, err = run_adapt(capsys, tmp_path / "api.json", "--label", "genre", "-o", again,
