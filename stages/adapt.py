@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
@@ -73,6 +73,7 @@ PROBA_FLOOR = 1e-6  # log-probabilities of the base are clipped here
 
 SIZES = (10, 20, 50, 200)  # labelled tracks per label on the learning curve (plus all)
 DEFAULT_FOLDS = 5
+CV_THREADS = 2  # folds fitted at once (the 2-core machine)
 MIN_TRACKS = 2  # fewest tracks a label needs
 LINEAR_C = 0.1  # inverse L2 strength of the logistic regression (standardized inputs)
 
@@ -87,7 +88,6 @@ class Labelled:
     groups: np.ndarray  # int64: rows of one track_id share a group (no track_id: one per row)
     features: list[str]
     has_track_id: bool
-    notes: list[str] = field(default_factory=list)
 
 
 def read_labelled(path: Path, label: str, say: Callable[[str], None], *, decimal: str = ".",
@@ -147,10 +147,9 @@ def read_labelled(path: Path, label: str, say: Callable[[str], None], *, decimal
     if not len(labels):
         raise UserError(f"{path}: no row has a label in {label!r} (all empty, or no usable row)")
     if has_track_id:
-        track_ids = np.concatenate(ids)
-        _, groups = np.unique(track_ids.astype(str), return_inverse=True)
+        groups = np.unique(np.concatenate(ids).astype(str), return_inverse=True)[1]
     else:
-        track_ids, groups = None, np.arange(len(labels))
+        groups = np.arange(len(labels))
     names = [str(name) for name in np.unique(labels.astype(str))]
     if len(names) < 2:
         raise UserError(f"{path}: every labelled row has the label {names[0]!r}: a model needs "
@@ -390,10 +389,10 @@ HEADS = {
 
 
 def fit_component(kind: str, inputs: str, z: np.ndarray, y: np.ndarray, n_classes: int,
-                  features: list[str], seed: int, saved: bool = False):
+                  features: list[str], seed: int, saved: bool = False, n_jobs: int = 2):
     if kind == "linear":
         return fit_linear(z, y, n_classes, features, seed)
-    return fit_forest(z, y, n_classes, inputs, seed, saved=saved)
+    return fit_forest(z, y, n_classes, inputs, seed, saved=saved, n_jobs=n_jobs)
 
 
 def select_inputs(inputs: str, x: np.ndarray, logp: np.ndarray) -> np.ndarray:
@@ -468,20 +467,35 @@ def cross_validate(x: np.ndarray, logp: np.ndarray, y: np.ndarray, groups: np.nd
     sizes = [s for s in sizes if s < largest] + [None]
     components = sorted({c for head in HEADS.values() for c in head} | set(BASELINES.values()))
     predicted = {(m, s): np.full(len(y), -1) for m in METHODS for s in sizes}
-    for fold, (train_rows, test_rows) in enumerate(splits):
+
+    def one_fold(fold: int) -> dict:
+        """{(method, size): the fold's test rows' answers}; one thread, one core."""
+        train_rows, test_rows = splits[fold]
+        answers = {}
         for s_index, size in enumerate(sizes):
             rows = per_label_sample(train_rows, y, size, [seed, fold, s_index])
             proba = {}
             for kind, inputs in components:
                 model = fit_component(kind, inputs, select_inputs(inputs, x[rows], logp[rows]),
-                                      y[rows], n_classes, features, seed)
+                                      y[rows], n_classes, features, seed, n_jobs=1)
                 proba[(kind, inputs)] = model.predict_proba(
                     select_inputs(inputs, x[test_rows], logp[test_rows]).astype(np.float32))
             for method in METHODS:
                 parts = HEADS[ADAPTED[method]] if method in ADAPTED else (BASELINES[method],)
                 mean = sum(proba[part] for part in parts) / len(parts)
-                predicted[(method, size)][test_rows] = mean.argmax(axis=1)
-        say(f"cross-validation: fold {fold + 1} of {len(splits)} done")
+                answers[(method, size)] = mean.argmax(axis=1)
+        return answers
+
+    # two folds at a time, each in its own thread (the forests and the BLAS-free parts of
+    # the regressions release the GIL): both cores busy all along; the answers do not
+    # depend on it (every fit has its own seed)
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    with ThreadPoolExecutor(max_workers=CV_THREADS) as pool:
+        for fold, answers in enumerate(pool.map(one_fold, range(len(splits)))):
+            for key, guess in answers.items():
+                predicted[key][splits[fold][1]] = guess
+            say(f"cross-validation: fold {fold + 1} of {len(splits)} done")
     scores = {}
     for method in METHODS:
         scores[method] = {}
