@@ -201,6 +201,7 @@ def test_adapted_file_predicts_the_users_labels_without_levels_or_pickle(base_fi
 
 def test_decimal_commas_and_a_renamed_label_column(base_file, tmp_path, capsys):
     train = user_tracks(base_file, per_label=8, seed=7).drop(columns=["popularity", "explicit"])
+    train.loc[:1, "my_label"] = ""  # two rows nobody labelled
     text = train.rename(columns={"my_label": "Playlist"}).to_csv(index=False, sep=";",
                                                                  decimal=",")
     (tmp_path / "semi.csv").write_text(text)
@@ -209,6 +210,7 @@ def test_decimal_commas_and_a_renamed_label_column(base_file, tmp_path, capsys):
                                "--base", base_file, "--head", "linear", "--folds", 2)
     assert code == 0, err
     assert "adapting without popularity, explicit" in err
+    assert "2 rows without a label skipped" in err
 
 
 @pytest.mark.parametrize("change, message", [
