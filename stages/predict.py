@@ -319,7 +319,8 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m stages.predict", description="Label tracks with a trained model.")
     parser.add_argument("model", help="genre-classifier (the published model) | softmax | mlp | "
                         "lstm | forest | boosting | blend, or a path to a model file (.keras, .npz "
-                        "for a tree family, .zip for a blend)")
+                        "for a tree family, .zip for a blend or a model adapted to your own "
+                        "labels by stages.adapt)")
     parser.add_argument("input", type=Path, help="CSV with the model's feature columns, "
                         "or the JSON of Spotify's audio-features API")
     parser.add_argument("-k", type=int, default=3, help="how many genres per track (default 3)")
