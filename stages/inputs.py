@@ -413,6 +413,7 @@ class InputReader:
             self.kind, self.item, self.unit, self.show = "csv", "column", "line", show_text
             header = self._csv_header()
             quiet = ()
+        self.header = header  # the file's column names (a JSON file's keys, in order seen)
         self.sources = resolve_columns(header, self.wanted, renames, str(self.path), self.item)
         note = mapping_note(self.sources, self.item, quiet)
         if note:

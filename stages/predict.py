@@ -142,6 +142,11 @@ class Answers:
         self.k, self.level = k, level
         self.hierarchy = read_member(model_file, TAXONOMY_MEMBER)
         if level is not None and self.hierarchy is None:
+            from stages.adapt import is_adapted  # noqa: PLC0415
+
+            if is_adapted(model_file):
+                raise UserError(f"--level {level}: {model_file} is adapted to your own labels "
+                                "(stages.adapt): it answers with them, at no other level")
             raise UserError(f"--level {level}: {model_file} carries no genre hierarchy (the "
                             f"published {PUBLISHED_NAME} does: dvc repro publish)")
         self.fold = None
@@ -254,7 +259,7 @@ def predict_tables(model_file: Path, input_path: Path, k: int, say: Callable[[st
 
 
 def _load(model_file: Path):
-    from stages.model_files import load_model  # noqa: PLC0415
+    from stages.adapt import load_model  # noqa: PLC0415 - model_files', and adapted models
     from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
 
     quiet_tensorflow()
@@ -314,7 +319,8 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m stages.predict", description="Label tracks with a trained model.")
     parser.add_argument("model", help="genre-classifier (the published model) | softmax | mlp | "
                         "lstm | forest | boosting | blend, or a path to a model file (.keras, .npz "
-                        "for a tree family, .zip for a blend)")
+                        "for a tree family, .zip for a blend or a model adapted to your own "
+                        "labels by stages.adapt)")
     parser.add_argument("input", type=Path, help="CSV with the model's feature columns, "
                         "or the JSON of Spotify's audio-features API")
     parser.add_argument("-k", type=int, default=3, help="how many genres per track (default 3)")
