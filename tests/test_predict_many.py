@@ -7,10 +7,9 @@ import sys
 import pandas as pd
 import pytest
 
-from stages.common import FEATURES, UserError
-from stages.params import validate
+from stages.common import UserError
 from stages.tf_setup import quiet_tensorflow
-from tests.conftest import REPO, make_tracks
+from tests.conftest import REPO, make_tracks, tiny_model
 
 quiet_tensorflow()
 
@@ -18,17 +17,8 @@ quiet_tensorflow()
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     """A tiny MLP (a network: its float sums depend on which rows share a call)."""
-    from stages import model_files, train
-    from stages.split import clean
-
-    frame, _ = clean(make_tracks(rows_per_genre=30))
-    frame["label"] = frame["track_genre"]
-    classes = sorted(frame["label"].unique())
-    params = validate("mlp", {"epochs": 1, "batch_size": 32, "hidden": [8]})
-    model, _, _ = train.train("mlp", params, frame, frame, classes)
-    path = tmp_path_factory.mktemp("model") / "mlp.keras"
-    model_files.save_model(model, path, classes, FEATURES)
-    return path
+    return tiny_model(tmp_path_factory.mktemp("model") / "mlp.keras", "mlp",
+                      {"epochs": 1, "batch_size": 32, "hidden": [8]})[0]
 
 
 def tracks(rows: int, seed: int) -> pd.DataFrame:
