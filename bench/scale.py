@@ -15,8 +15,9 @@ enters the pipeline's data or git.
 Each size runs the whole pipeline in a throwaway copy of the project (bench.workspace:
 fresh git repo, empty DVC cache), one ``dvc repro -s STAGE`` per stage, with the same short
 training budgets at every size (``BUDGETS``), timing each stage's wall time (dvc's own
-overhead included, about 2 s) and the peak RSS of its process tree's largest process
-(getrusage of the children). Results go to OUT/scale.json after every size (a partial run
+overhead included, about 2 s), its CPU time (user + system of the process tree: less
+sensitive than the wall time to other load on shared cores) and the peak RSS of its
+process tree's largest process (getrusage of the children). Results go to OUT/scale.json after every size (a partial run
 keeps what it measured) and OUT/scale.png (time and RSS against rows, log-log, per stage);
 ``python -m bench.table --scale`` prints the table with each stage's fitted growth exponent
 and the extrapolated wall (see ``extrapolate``).
@@ -51,7 +52,7 @@ BUDGETS = {
     "mlp": {"epochs": 1, "patience": 1},
     "lstm": {"epochs": 1, "patience": 1},
     "forest": {"n_estimators": 20},
-    "boosting": {"max_rounds": 10, "patience": 10},
+    "boosting": {"max_rounds": 5, "patience": 5},
     "fetch": {"content_sha256": None, "sha256": None},  # an enlarged table on purpose
 }
 # The machine the walls are for (2 cores shared, 24 GB): a stage hits the memory wall when
@@ -99,22 +100,56 @@ def write_enlarged(frame: pd.DataFrame, factor: int, path: Path) -> Path:
     return path
 
 
-def measure_size(factor: int, real: pd.DataFrame, workdir: Path) -> dict:
-    from bench.__main__ import pipeline_stages, timed_stage  # noqa: PLC0415
+PROBE = (
+    "import resource, subprocess, sys, time;"
+    "t = time.perf_counter();"
+    "r = subprocess.run(sys.argv[1:]);"
+    "u = resource.getrusage(resource.RUSAGE_CHILDREN);"
+    "print('BENCH', r.returncode, time.perf_counter() - t, u.ru_maxrss, u.ru_utime + u.ru_stime,"
+    " flush=True)"
+)
+
+
+def timed_stage(repo: Path, stage: str, env: dict) -> dict:
+    """``dvc repro -s STAGE`` in a child: wall seconds, CPU seconds (user + system of the
+    whole process tree: on shared cores the wall time swells with the other load, the CPU
+    time much less) and the peak RSS of its largest process."""
+    from bench.workspace import run_checked  # noqa: PLC0415
+
+    out = run_checked([sys.executable, "-c", PROBE, "dvc", "repro", "-s", stage], repo, env)
+    line = [x for x in out.splitlines() if x.startswith("BENCH ")][-1].split()
+    if line[1] != "0":
+        raise SystemExit(f"bench.scale: stage {stage} failed:\n{out}")
+    return {"seconds": round(float(line[2]), 1), "cpu_seconds": round(float(line[4]), 1),
+            "peak_rss_mb": round(int(line[3]) / 1024)}
+
+
+def measure_size(factor: int, real: pd.DataFrame, workdir: Path, result: dict,
+                 out: Path) -> None:
+    """Run every stage on the data enlarged ``factor`` times; results saved after each stage
+    (a size cut short keeps the stages it measured, marked incomplete)."""
+    from bench.__main__ import pipeline_stages  # noqa: PLC0415
 
     data = write_enlarged(real, factor, workdir / f"tracks-{factor}x.csv")
     repo = copy_project(REPO, workdir / f"repo-{factor}x")
     set_params(repo, BUDGETS)
     commit_all(repo, f"bench.scale budgets, {factor}x data")
     env = {"SPOTIFY_TRACKS_URL": str(data)}
-    stages = {}
+    size = {"factor": factor, "rows_raw": len(real) * factor, "rows_clean": None,
+            "complete": False, "stages": {}}
+    result["partial"] = size
     for stage in pipeline_stages(repo):
-        stages[stage] = timed_stage(repo, stage, env)
-        print(f"bench.scale {factor}x: {stage} {stages[stage]}", flush=True)
-    report = json.loads((repo / "reports/data.json").read_text())
+        size["stages"][stage] = timed_stage(repo, stage, env)
+        if stage == "split":  # its report counts the clean rows
+            report = json.loads((repo / "reports/data.json").read_text())
+            size["rows_clean"] = report["cleaning"]["rows_clean"]
+        print(f"bench.scale {factor}x: {stage} {size['stages'][stage]}", flush=True)
+        save(result, out)
     data.unlink()
-    return {"factor": factor, "rows_raw": len(real) * factor,
-            "rows_clean": report["cleaning"]["rows_clean"], "stages": stages}
+    size["complete"] = True
+    del result["partial"]
+    result["sizes"].append(size)
+    save(result, out)
 
 
 def fit_exponent(rows: list[float], values: list[float]) -> float | None:
@@ -130,25 +165,39 @@ def extrapolate(result: dict) -> dict:
     the rows (extrapolated, not measured) at which it would hit each wall: time from the
     fitted power law, memory from a straight line through the two largest sizes (RSS is a
     fixed base, the interpreter and libraries, plus a part that grows with rows: a power
-    law through the base would flatten it)."""
-    sizes = result["sizes"]
-    if len(sizes) < 2:
-        return {}
-    rows = [s["rows_clean"] for s in sizes]
+    law through the base would flatten it). A size cut short counts for the stages it
+    measured."""
+    every = measured_sizes(result)
     out = {}
-    for stage in sizes[0]["stages"]:
+    for stage in (every[0]["stages"] if every else []):
+        sizes = [s for s in every if stage in s["stages"]]
+        if len(sizes) < 2:
+            continue
+        rows = [s["rows_clean"] for s in sizes]
         times = [s["stages"][stage]["seconds"] for s in sizes]
+        cpu = [s["stages"][stage].get("cpu_seconds", np.nan) for s in sizes]
         rss = [s["stages"][stage]["peak_rss_mb"] for s in sizes]
         t_exp, m_exp = fit_exponent(rows, times), fit_exponent(rows, rss)
-        t_rows = rows[-1] * (TIME_WALL_S / times[-1]) ** (1 / t_exp) if t_exp and t_exp > 0.05 \
-            else None
+        c_exp = fit_exponent(rows, cpu) if np.isfinite(cpu).all() else None
+        # the CPU time's exponent when measured: on shared cores the wall time swells with
+        # whatever else runs, the CPU time much less
+        growth = c_exp if c_exp is not None else t_exp
+        t_rows = rows[-1] * (TIME_WALL_S / times[-1]) ** (1 / growth) if growth > 0.05 else None
         slope = (rss[-1] - rss[-2]) / (rows[-1] - rows[-2])
         m_rows = rows[-1] + (MEMORY_WALL_MB - rss[-1]) / slope if slope > 0 else None
-        out[stage] = {"time_exponent": round(t_exp, 2), "rss_exponent": round(m_exp, 2),
+        out[stage] = {"time_exponent": round(t_exp, 2),
+                      "cpu_exponent": round(c_exp, 2) if c_exp is not None else None,
+                      "rss_exponent": round(m_exp, 2),
                       "rss_mb_per_million_rows": round(slope * 1e6),
                       "rows_at_time_wall": int(t_rows) if t_rows else None,
                       "rows_at_memory_wall": int(m_rows) if m_rows else None}
     return out
+
+
+def measured_sizes(result: dict) -> list[dict]:
+    """The complete sizes, then the one cut short (once its rows are counted)."""
+    partial = result.get("partial")
+    return [*result["sizes"], *([partial] if partial and partial["rows_clean"] else [])]
 
 
 def first_wall(walls: dict) -> tuple[str, str, int] | None:
@@ -167,14 +216,18 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    sizes = result["sizes"]
-    rows = [s["rows_clean"] for s in sizes]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
-    for stage in sizes[0]["stages"]:
+    every = measured_sizes(result)
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 5))
+    for stage in every[0]["stages"]:
+        sizes = [s for s in every if stage in s["stages"]]
+        rows = [s["rows_clean"] for s in sizes]
         left.plot(rows, [s["stages"][stage]["seconds"] for s in sizes], marker="o", label=stage)
+        middle.plot(rows, [s["stages"][stage].get("cpu_seconds", np.nan) for s in sizes],
+                    marker="o", label=stage)
         right.plot(rows, [s["stages"][stage]["peak_rss_mb"] for s in sizes], marker="o",
                    label=stage)
-    for axis, label in ((left, "wall time (s)"), (right, "peak RSS (MB)")):
+    for axis, label in ((left, "wall time (s)"), (middle, "CPU time, user + system (s)"),
+                        (right, "peak RSS (MB)")):
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xlabel("clean rows")
@@ -191,7 +244,7 @@ def save(result: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     result["extrapolated"] = extrapolate(result)
     (out / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
-    if result["sizes"]:
+    if measured_sizes(result):
         plot(result, out / "scale.png")
 
 
@@ -220,8 +273,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"bench.scale: {factor}x not measured (--stop-after-s)", flush=True)
                 result.setdefault("not_measured", []).append(factor)
                 continue
-            result["sizes"].append(measure_size(factor, real, Path(tmp)))
-            save(result, args.out)
+            measure_size(factor, real, Path(tmp), result, args.out)
     save(result, args.out)
 
 

@@ -215,18 +215,26 @@ def _millions(rows) -> str:
 
 
 def scale_rows(path: Path = RESULTS_DIR / "scale.json") -> list[dict]:
-    """bench.scale's committed measurements: per stage, its wall time and peak RSS at each
-    measured size, the fitted growth exponents and the extrapolated walls."""
+    """bench.scale's committed measurements: per stage, its wall time, CPU time and peak RSS
+    at each measured size (a size cut short shows the stages it reached), the fitted growth
+    exponents and the extrapolated walls."""
+    from bench.scale import measured_sizes  # noqa: PLC0415
+
     result = json.loads(path.read_text())
     walls = result.get("extrapolated", {})
+    sizes = measured_sizes(result)
     rows = []
-    for stage in result["sizes"][0]["stages"]:
+    for stage in sizes[0]["stages"]:
         row = {"stage": stage}
-        for size in result["sizes"]:
-            measured = size["stages"][stage]
-            row[f"{size['factor']}x s / MB"] = f"{measured['seconds']:g} / {measured['peak_rss_mb']}"
+        for size in sizes:
+            name = f"{size['factor']}x{'' if size.get('complete', True) else ' (cut short)'}"
+            measured = size["stages"].get(stage)
+            row[f"{name}: wall s / CPU s / MB"] = "-" if measured is None else (
+                f"{measured['seconds']:g} / {measured.get('cpu_seconds', '-')} / "
+                f"{measured['peak_rss_mb']}")
         wall = walls.get(stage, {})
-        row.update({"time exponent": wall.get("time_exponent"),
+        row.update({"wall exponent": wall.get("time_exponent"),
+                    "CPU exponent": wall.get("cpu_exponent"),
                     "RSS exponent": wall.get("rss_exponent"),
                     "rows at 8 h (extrapolated)": _millions(wall.get("rows_at_time_wall")),
                     "rows at 24 GB (extrapolated)": _millions(wall.get("rows_at_memory_wall"))})
