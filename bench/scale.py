@@ -149,6 +149,7 @@ def measure_size(factor: int, real: pd.DataFrame, workdir: Path, result: dict,
     size["complete"] = True
     del result["partial"]
     result["sizes"].append(size)
+    result["sizes"].sort(key=lambda s: s["factor"])
     save(result, out)
 
 
@@ -256,6 +257,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stop-after-s", type=float, default=None,
                         help="measure no further size once this much time has passed")
     parser.add_argument("--note", default="", help="what else ran on the machine meanwhile")
+    parser.add_argument("--append", action="store_true",
+                        help="add the sizes to OUT/scale.json's complete ones (a size measured "
+                        "later, or one that was cut short, measured again)")
     args = parser.parse_args(argv)
     source = os.environ.get("SPOTIFY_TRACKS_URL")
     if not source:
@@ -266,6 +270,13 @@ def main(argv: list[str] | None = None) -> None:
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "note": args.note, "budgets": BUDGETS, "jitter": JITTER, "seed": SEED,
               "walls": {"memory_mb": MEMORY_WALL_MB, "time_s": TIME_WALL_S}, "sizes": []}
+    previous = args.out / "scale.json"
+    if args.append and previous.exists():
+        earlier = json.loads(previous.read_text())
+        result["sizes"] = [s for s in earlier["sizes"] if s["factor"] not in args.sizes]
+        result["command"] = f"{earlier['command']}; {result['command']}"
+        result["note"] = earlier["note"] if earlier["note"] == args.note else \
+            f"{earlier['note']}; then: {args.note}"
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="spotify-genre-scale-") as tmp:
         for factor in args.sizes:
