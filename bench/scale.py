@@ -180,10 +180,11 @@ def extrapolate(result: dict) -> dict:
         rss = [s["stages"][stage]["peak_rss_mb"] for s in sizes]
         t_exp, m_exp = fit_exponent(rows, times), fit_exponent(rows, rss)
         c_exp = fit_exponent(rows, cpu) if np.isfinite(cpu).all() else None
-        # the CPU time's exponent when measured: on shared cores the wall time swells with
-        # whatever else runs, the CPU time much less
-        growth = c_exp if c_exp is not None else t_exp
-        t_rows = rows[-1] * (TIME_WALL_S / times[-1]) ** (1 / growth) if growth > 0.05 else None
+        # the CPU time's exponent when measured (on shared cores the wall time swells with
+        # whatever else runs, the CPU time much less), and never below 1: a slope under 1
+        # is a fixed start-up cost (interpreter, TensorFlow) not yet amortised
+        growth = max(c_exp if c_exp is not None else t_exp, 1.0)
+        t_rows = rows[-1] * (TIME_WALL_S / times[-1]) ** (1 / growth)
         slope = (rss[-1] - rss[-2]) / (rows[-1] - rows[-2])
         m_rows = rows[-1] + (MEMORY_WALL_MB - rss[-1]) / slope if slope > 0 else None
         out[stage] = {"time_exponent": round(t_exp, 2),

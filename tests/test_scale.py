@@ -66,4 +66,8 @@ def test_growth_exponent_and_the_first_wall():
     assert walls["square"]["rows_at_memory_wall"] is None  # flat RSS: no memory wall
     # 8 h at 60 s * (n / 1e5) ** 2: n = 1e5 * sqrt(480)
     assert walls["square"]["rows_at_time_wall"] == pytest.approx(1e5 * np.sqrt(480), rel=1e-3)
+    flat = extrapolate({"sizes": [{"rows_clean": n, "stages": {"start-up": {
+        "seconds": 10 + n / 1e5, "peak_rss_mb": 300}}} for n in rows]})["start-up"]
+    assert flat["time_exponent"] < 0.5  # a fixed cost: extrapolated as linear, not flatter
+    assert flat["rows_at_time_wall"] == pytest.approx(4e5 * 8 * 3600 / 14, rel=1e-3)
     assert first_wall(walls) == ("square", "time", walls["square"]["rows_at_time_wall"])
