@@ -220,14 +220,15 @@ def plot(result: dict, path: Path) -> None:
 
     every = measured_sizes(result)
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 5))
-    for stage in every[0]["stages"]:
+    for i, stage in enumerate(every[0]["stages"]):
         sizes = [s for s in every if stage in s["stages"]]
         rows = [s["rows_clean"] for s in sizes]
-        left.plot(rows, [s["stages"][stage]["seconds"] for s in sizes], marker="o", label=stage)
+        style = {"marker": "o", "label": stage, "color": plt.cm.tab20(i % 20),
+                 "linestyle": "-" if i < 10 else "--"}
+        left.plot(rows, [s["stages"][stage]["seconds"] for s in sizes], **style)
         middle.plot(rows, [s["stages"][stage].get("cpu_seconds", np.nan) for s in sizes],
-                    marker="o", label=stage)
-        right.plot(rows, [s["stages"][stage]["peak_rss_mb"] for s in sizes], marker="o",
-                   label=stage)
+                    **style)
+        right.plot(rows, [s["stages"][stage]["peak_rss_mb"] for s in sizes], **style)
     for axis, label in ((left, "wall time (s)"), (middle, "CPU time, user + system (s)"),
                         (right, "peak RSS (MB)")):
         axis.set_xscale("log")
