@@ -207,6 +207,61 @@ def summary_rows(rev: str = "HEAD", repo: Path = REPO) -> list[dict]:
     return rows
 
 
+RESULTS_DIR = REPO / "bench" / "results"
+
+
+def _millions(rows) -> str:
+    return "-" if rows is None else f"{rows / 1e6:,.1f} M"
+
+
+def scale_rows(path: Path = RESULTS_DIR / "scale.json") -> list[dict]:
+    """bench.scale's committed measurements: per stage, its wall time, CPU time and peak RSS
+    at each measured size (a size cut short shows the stages it reached), the fitted growth
+    exponents and the extrapolated walls."""
+    from bench.scale import measured_sizes  # noqa: PLC0415
+
+    result = json.loads(path.read_text())
+    walls = result.get("extrapolated", {})
+    sizes = measured_sizes(result)
+    rows = []
+    for stage in sizes[0]["stages"]:
+        row = {"stage": stage}
+        for size in sizes:
+            name = f"{size['factor']}x{'' if size.get('complete', True) else ' (cut short)'}"
+            measured = size["stages"].get(stage)
+            row[f"{name}: wall s / CPU s / MB"] = "-" if measured is None else (
+                f"{measured['seconds']:g} / {measured.get('cpu_seconds', '-')} / "
+                f"{measured['peak_rss_mb']}")
+        wall = walls.get(stage, {})
+        row.update({"wall exponent": wall.get("time_exponent"),
+                    "CPU exponent": wall.get("cpu_exponent"),
+                    "RSS exponent": wall.get("rss_exponent"),
+                    "rows at 8 h (extrapolated)": _millions(wall.get("rows_at_time_wall")),
+                    "rows at 24 GB (extrapolated)": _millions(wall.get("rows_at_memory_wall"))})
+        rows.append(row)
+    return rows
+
+
+def scale_columns(rows: list[dict]) -> tuple[str, ...]:
+    return tuple(rows[0]) if rows else ("stage",)
+
+
+def predict_speed_rows(path: Path = RESULTS_DIR / "predict_speed.json") -> list[dict]:
+    """bench.predict_speed's committed measurements, one row per model file."""
+    result = json.loads(path.read_text())
+    rows = []
+    for name, entry in result.get("families", {}).items():
+        e2e = entry["end_to_end"]
+        rows.append({"model": name, "model-only rows/s": f"{entry['model_only_rows_per_s']:,}",
+                     f"end-to-end rows/s ({result['rows']:,} rows)": f"{e2e['rows_per_s']:,}",
+                     "start-up s": entry["start_up_s"],
+                     "without start-up rows/s": (f"{entry['end_to_end_without_start_up_rows_per_s']:,}"
+                                                 if entry["end_to_end_without_start_up_rows_per_s"]
+                                                 else None),
+                     "peak RSS MB": e2e["peak_rss_mb"]})
+    return rows
+
+
 GENERATED = re.compile(r"(<!-- (python -m bench\.table [^>]*?) -->)(.*?)(<!-- end of \2 -->)", re.S)
 
 
@@ -243,6 +298,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="each model's temperature and calibration error")
     parser.add_argument("--update-docs", action="store_true",
                         help="rewrite every generated table in README.md and docs/")
+    parser.add_argument("--scale", action="store_true",
+                        help="bench.scale's committed table (bench/results/scale.json)")
+    parser.add_argument("--predict-speed", action="store_true",
+                        help="bench.predict_speed's committed table")
     parser.add_argument("--groups", type=int, metavar="K",
                         help="the learned genre hierarchy's classes at K classes")
     args = parser.parse_args(argv)
@@ -251,6 +310,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.groups:
         print(markdown(group_rows(args.groups), ("class", "genres", "members")))
+        return
+    if args.scale:
+        rows = scale_rows()
+        print(markdown(rows, scale_columns(rows), digits=2))
+        return
+    if args.predict_speed:
+        rows = predict_speed_rows()
+        print(markdown(rows, scale_columns(rows), digits=2))
         return
     tables = {"summary": (summary_rows, SUMMARY_COLUMNS, 3),
               "missing": (missing_rows, MISSING_COLUMNS, 4),

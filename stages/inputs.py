@@ -13,6 +13,10 @@ separator is sniffed from the header (``,`` ``;`` tab); line numbers are physica
 lines and quoted multi-line fields counted; a UTF-8 BOM is dropped). Decimal commas
 (``0,856``) are refused unless ``decimal=","``.
 
+Parquet (named .parquet/.pq, or starting with its magic bytes): read a row group batch at a
+time with pyarrow, only the wanted columns; positions are 1-based row numbers (unit "row");
+numbers are read as their exact text, so a value is checked as the same value in a CSV is.
+
 JSON: ``{"audio_features": [...]}``, a bare list, one object, or JSON Lines; parsed one
 value at a time (``json.JSONDecoder.raw_decode`` over a sliding buffer), so an array is never
 held whole. Numbers are kept as their text (``JsonNumber``) and read exactly as the same
@@ -48,6 +52,7 @@ BOOLEAN_FEATURES = ("explicit", "mode")  # also read from true/false (any case)
 SECONDS_TARGET = "duration_s"  # --column NAME=duration_s: seconds, read as duration_ms
 MS_MEDIAN = 1_000  # a duration column whose median is below this is in seconds, not ms
 URI_PREFIXES = ("spotify:track:", "https://open.spotify.com/track/")
+PARQUET_SUFFIXES = (".parquet", ".pq")
 SEPARATOR_NAMES = {",": "commas", ";": "';'", "\t": "tabs"}
 
 
@@ -112,6 +117,28 @@ def is_json(path: Path) -> bool:
                 return False
             head = chunk.lstrip()
     return head[:1] in (b"{", b"[")
+
+
+def is_parquet(path: Path) -> bool:
+    """True for a Parquet file: named .parquet/.pq, or starting with its magic bytes."""
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        return True
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"PAR1"
+
+
+def _parquet_values(column) -> list:
+    """A Parquet column as the reader's cells: numbers as their exact text (``repr``
+    round-trips a float), so they are read like the same number in a CSV or JSON; strings,
+    booleans and nulls as they are."""
+    import pyarrow as pa  # noqa: PLC0415
+
+    values = column.to_pylist()
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or \
+            pa.types.is_boolean(column.type):
+        return values
+    return [v if v is None or isinstance(v, (str, bool)) else JsonNumber(repr(v))
+            for v in values]
 
 
 def _clip(text: str, limit: int = 40) -> str:
@@ -399,7 +426,11 @@ class InputReader:
         return [*self.features, ID_COLUMN, *([self.passthrough] if self.passthrough else [])]
 
     def _open(self, renames) -> None:
-        if is_json(self.path):
+        if is_parquet(self.path):
+            self.kind, self.item, self.unit, self.show = "parquet", "column", "row", show_json
+            header = self._parquet_header()
+            quiet = ()
+        elif is_json(self.path):
             self.kind, self.item, self.show = "json", "field", show_json
             self._json = JsonValues(self._handle, self.path)
             self._entries = self._json.entries()
@@ -488,6 +519,34 @@ class InputReader:
                             f"{self.header_line}): a header that lacks a name, or a trailing "
                             "separator? nothing was predicted")
 
+    # --- Parquet ---
+
+    def _parquet_header(self) -> list[str]:
+        import pyarrow.parquet as pq  # noqa: PLC0415
+
+        try:
+            self._parquet = pq.ParquetFile(self.path)
+        except Exception as exc:  # noqa: BLE001 - pyarrow's errors for a broken file vary
+            raise UserError(f"{self.path}: not a readable Parquet file ({exc})") from None
+        return list(self._parquet.schema_arrow.names)
+
+    def _parquet_batches(self) -> Iterator[tuple[list, dict, list]]:
+        """(positions: 1-based row numbers, {column: values}, no problems) per chunk."""
+        import pyarrow as pa  # noqa: PLC0415
+
+        names = sorted({source.name for source in self.sources.values()})
+        start = 0
+        try:
+            for batch in self._parquet.iter_batches(batch_size=self.chunk_rows, columns=names):
+                count = batch.num_rows
+                self.records += count
+                columns = {name: _parquet_values(batch.column(name)) for name in names}
+                yield list(range(start + 1, start + count + 1)), columns, []
+                start += count
+        except (pa.ArrowException, OSError) as exc:  # a damaged file
+            raise UserError(f"{self.path}: from row {start + 1}: not readable as Parquet "
+                            f"({exc})") from None
+
     # --- JSON ---
 
     def _json_header(self, entries: list) -> list[str]:
@@ -536,7 +595,8 @@ class InputReader:
         yield from self._chunks
 
     def _parsed_chunks(self) -> Iterator[Chunk]:
-        batches = self._csv_batches() if self.kind == "csv" else self._json_batches()
+        batches = {"csv": self._csv_batches, "json": self._json_batches,
+                   "parquet": self._parquet_batches}[self.kind]()
         first = True
         for positions, records, problems in batches:
             if first and self.kind == "csv":
@@ -552,6 +612,8 @@ class InputReader:
         if self.kind == "csv":
             index = source.index
             return [fields[index] for fields in records]
+        if self.kind == "parquet":
+            return records[source.name]
         name = source.name
         return [entry.get(name) for entry in records]
 
@@ -559,7 +621,7 @@ class InputReader:
         count = len(positions)
         values = np.full((count, len(self.features)), np.nan)
         bad: dict[int, tuple[str, str]] = {}  # row -> (feature, what): the first bad feature
-        noun = "row" if self.unit == "line" else "entry"
+        noun = "entry" if self.unit == "entry" else "row"
         for j, feature in enumerate(self.features):
             source = self.sources.get(feature)
             if source is None:
@@ -588,7 +650,7 @@ class InputReader:
         track_ids = passthrough = None
         if self.has_track_id:
             raw = self._raw_column(records, self.sources[ID_COLUMN])
-            if self.kind == "json" or any(p in "\n".join(raw) for p in URI_PREFIXES):
+            if self.kind != "csv" or any(p in "\n".join(raw) for p in URI_PREFIXES):
                 raw = [track_id_text(v) for v in raw]  # (a cheap look first: usually none)
             track_ids = np.array(raw, dtype=object)[keep]
         if self.has_passthrough:

@@ -23,6 +23,7 @@ stores its ranges. The input is read and written in chunks: memory does not grow
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -195,7 +196,7 @@ class CappedMessages:
     def finish(self) -> None:
         if self.count > MAX_REPORTED_ROWS:
             more = self.count - MAX_REPORTED_ROWS
-            self.say(f"... {more} more {'rows' if self.unit == 'line' else 'entries'} skipped")
+            self.say(f"... {more} more {'entries' if self.unit == 'entry' else 'rows'} skipped")
 
 
 def predict_tables(model_file: Path, input_path: Path, k: int, say: Callable[[str], None], *,
@@ -259,6 +260,15 @@ def predict_tables(model_file: Path, input_path: Path, k: int, say: Callable[[st
 
 
 def _load(model_file: Path):
+    """The model and its classes, loaded once per process for a file that has not changed
+    (predict_many's workers answer many files with one model)."""
+    stat = Path(model_file).stat()
+    return _load_cached(Path(model_file), Path(model_file).resolve(), stat.st_mtime_ns,
+                        stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(model_file: Path, resolved: Path, mtime_ns: int, size: int):
     from stages.adapt import load_model  # noqa: PLC0415 - model_files', and adapted models
     from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
 
@@ -300,6 +310,33 @@ class Rows:
         if self.track_ids is not None:
             table.insert(0, ID_COLUMN, self.track_ids)
         return table
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a file is read and answered (predict's options, shared with predict_many)."""
+
+    k: int = 3
+    decimal: str = "."
+    renames: dict[str, str] | None = None
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    level: int | None = None
+    use_popularity: bool = False
+
+    def reader(self) -> dict:
+        return {"decimal": self.decimal, "renames": self.renames, "chunk_rows": self.chunk_rows,
+                "level": self.level, "use_popularity": self.use_popularity}
+
+
+def predict_file(model_file: Path, input_path: Path, output: Path,
+                 say: Callable[[str], None], options: Options = Options()) -> int:
+    """Predict one input file into ``output`` (written atomically: all of it or nothing);
+    the number of rows written. The one code path of ``predict -o`` and of every file of
+    ``predict_many``, so both write the same bytes."""
+    tables = predict_tables(model_file, input_path, options.k, say, **options.reader())
+    with atomic_path(output, suffix=".csv") as tmp:
+        with open(tmp, "w", newline="") as handle:
+            return write_tables(tables, handle, input_path)
 
 
 def write_tables(tables: Iterator[pd.DataFrame], handle: TextIO, input_path: Path) -> int:
@@ -349,17 +386,16 @@ def main(argv: list[str] | None = None) -> None:
     def say(message: str) -> None:
         print(f"{args.input}: {message}", file=sys.stderr, flush=True)
 
-    tables = predict_tables(model_file, args.input, args.k, say, decimal=args.decimal,
-                            renames=renames, chunk_rows=args.chunk_rows, level=args.level,
-                            use_popularity=args.use_popularity)
+    options = Options(k=args.k, decimal=args.decimal, renames=renames,
+                      chunk_rows=args.chunk_rows, level=args.level,
+                      use_popularity=args.use_popularity)
     if args.output:
-        with atomic_path(args.output, suffix=".csv") as tmp:
-            with open(tmp, "w", newline="") as handle:
-                rows = write_tables(tables, handle, args.input)
+        rows = predict_file(model_file, args.input, args.output, say, options)
         print(f"predict: {rows} rows -> {args.output}", file=sys.stderr)
     else:
         try:
-            write_tables(tables, sys.stdout, args.input)
+            write_tables(predict_tables(model_file, args.input, options.k, say,
+                                        **options.reader()), sys.stdout, args.input)
             sys.stdout.flush()
         except BrokenPipeError:  # e.g. piped into `head`: stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

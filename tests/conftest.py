@@ -62,6 +62,26 @@ def make_tracks(genres=("acoustic", "blues", "chill", "dance"), rows_per_genre=4
     return frame[RAW_COLUMNS]
 
 
+def tiny_model(path: Path, family: str, params: dict, features=None,
+               with_ranges: bool = False) -> tuple[Path, list[str]]:
+    """A network trained for a moment on make_tracks rows, saved at ``path``: (path, classes)."""
+    from stages import model_files, train  # noqa: PLC0415
+    from stages.common import FEATURES, feature_ranges  # noqa: PLC0415
+    from stages.params import validate  # noqa: PLC0415
+    from stages.split import clean  # noqa: PLC0415
+
+    features = features or FEATURES
+    frame, _ = clean(make_tracks(rows_per_genre=30))
+    frame["label"] = frame["track_genre"]
+    classes = sorted(frame["label"].unique())
+    model, _, _ = train.train(family, validate(family, params), frame, frame, classes,
+                              features=features)
+    ranges = feature_ranges(frame[features].to_numpy("float64"), features) if with_ranges \
+        else None
+    model_files.save_model(model, path, classes, features, ranges=ranges)
+    return path, classes
+
+
 def write_tracks_csv(frame: pd.DataFrame, path: Path) -> Path:
     """Write as the published file is written: an unnamed index column first."""
     body = frame.drop(columns=["Unnamed: 0"])

@@ -10,24 +10,15 @@ import pytest
 from stages.common import AUDIO_FEATURES, FEATURES
 from stages.params import validate
 from stages.tf_setup import quiet_tensorflow
-from tests.conftest import REPO, make_tracks
+from tests.conftest import REPO, make_tracks, tiny_model
 
 quiet_tensorflow()
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    from stages import model_files, train
-    from stages.split import clean
-
-    frame, _ = clean(make_tracks(rows_per_genre=30))
-    frame["label"] = frame["track_genre"]
-    classes = sorted(frame["label"].unique())
-    params = validate("softmax", {"epochs": 1, "batch_size": 32})
-    model, _, _ = train.train("softmax", params, frame, frame, classes)
-    path = tmp_path_factory.mktemp("model") / "softmax.keras"
-    model_files.save_model(model, path, classes, FEATURES)
-    return path, classes
+    return tiny_model(tmp_path_factory.mktemp("model") / "softmax.keras", "softmax",
+                      {"epochs": 1, "batch_size": 32})
 
 
 def run_predict(*args, cwd=REPO):
@@ -111,17 +102,8 @@ AUDIO_HINT = ("this model takes all 15 features; the published genre-classifier 
 
 @pytest.fixture(scope="module")
 def audio_model_file(tmp_path_factory):
-    from stages import model_files, train
-    from stages.split import clean
-
-    frame, _ = clean(make_tracks(rows_per_genre=30))
-    frame["label"] = frame["track_genre"]
-    classes = sorted(frame["label"].unique())
-    params = validate("mlp", {"epochs": 1, "batch_size": 32, "hidden": [8]})
-    model, _, _ = train.train("mlp", params, frame, frame, classes, features=AUDIO_FEATURES)
-    path = tmp_path_factory.mktemp("model") / "mlp-audio.keras"
-    model_files.save_model(model, path, classes, AUDIO_FEATURES)
-    return path, classes
+    return tiny_model(tmp_path_factory.mktemp("model") / "mlp-audio.keras", "mlp",
+                      {"epochs": 1, "batch_size": 32, "hidden": [8]}, AUDIO_FEATURES)
 
 
 def api_entries(rows: pd.DataFrame) -> list[dict]:
@@ -304,19 +286,13 @@ def predict_here(capsys, *args):
 @pytest.fixture(scope="module")
 def ranged_model_file(tmp_path_factory):
     """A softmax model that stores each feature's training range (ranges.json)."""
-    from stages import model_files, train
     from stages.common import feature_ranges
     from stages.split import clean
 
-    frame, _ = clean(make_tracks(rows_per_genre=30))
-    frame["label"] = frame["track_genre"]
-    classes = sorted(frame["label"].unique())
-    params = validate("softmax", {"epochs": 1, "batch_size": 32})
-    model, _, _ = train.train("softmax", params, frame, frame, classes)
-    path = tmp_path_factory.mktemp("model") / "ranged.keras"
-    ranges = feature_ranges(frame[FEATURES].to_numpy("float64"), FEATURES)
-    model_files.save_model(model, path, classes, FEATURES, ranges=ranges)
-    return path, ranges
+    path, _ = tiny_model(tmp_path_factory.mktemp("model") / "ranged.keras", "softmax",
+                         {"epochs": 1, "batch_size": 32}, with_ranges=True)
+    frame, _ = clean(make_tracks(rows_per_genre=30))  # what tiny_model trained on
+    return path, feature_ranges(frame[FEATURES].to_numpy("float64"), FEATURES)
 
 
 def csv_lines(rows: pd.DataFrame) -> list[str]:
