@@ -148,3 +148,14 @@ def test_final_fit_param_is_checked(tmp_path):
         load_final_fit(path)
     path.write_text("model: blend\n")
     assert load_final_fit(path) == "train"
+
+
+def test_bench_final_fit_scores_both_fits_on_the_test_split(repo, splits):
+    from bench.final_fit import measure
+
+    result = measure("forest", splits, CLASSES, FEATURES)  # repo: params with tiny forests
+    accuracy = result["test_accuracy"]
+    assert set(accuracy) == {"train", "train+val"}
+    assert result["difference"]["difference"] == pytest.approx(
+        accuracy["train+val"] - accuracy["train"], abs=1e-4)
+    assert result["difference"]["low"] <= result["difference"]["high"]
