@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.workspace import shown_command
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results"
 MODELS = {"softmax": "softmax.keras", "mlp": "mlp.keras", "lstm": "lstm.keras",
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     quiet_tensorflow()
     out_file = args.out / "predict_speed.json"
     result = json.loads(out_file.read_text()) if out_file.exists() else {}
-    command = "python -m bench.predict_speed " + " ".join(argv or sys.argv[1:])
+    command = shown_command("bench.predict_speed", argv or sys.argv[1:])
     result.update({"command": f"{result['command']}; {command}" if result.get("command")
                    else command,
                    "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",

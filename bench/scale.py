@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.workspace import commit_all, copy_project, set_params
+from bench.workspace import commit_all, copy_project, set_params, shown_command
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results"
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     if not source:
         raise SystemExit("bench.scale: set SPOTIFY_TRACKS_URL to the real dataset (a path)")
     real = read_real(source)
-    result = {"command": "python -m bench.scale " + " ".join(argv or sys.argv[1:]),
+    result = {"command": shown_command("bench.scale", argv or sys.argv[1:]),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "note": args.note, "budgets": BUDGETS, "jitter": JITTER, "seed": SEED,

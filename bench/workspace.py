@@ -16,6 +16,21 @@ PROJECT_FILES = ["stages", "taxonomies", "dvc.yaml", "params.yaml", ".dvc/config
 GIT = ["git", "-c", "user.name=spotify-genre", "-c", "user.email=bench@example.invalid"]
 
 
+def shown_command(module: str, argv: list[str]) -> str:
+    """The command line as a result file records it: absolute paths, which name the machine
+    that ran it, become relative to the working directory, or <path> outside it."""
+    def shown(arg: str) -> str:
+        if not os.path.isabs(arg):
+            return arg
+        try:
+            return os.path.relpath(arg) if Path(arg).resolve().is_relative_to(Path.cwd()) \
+                else "<path>"
+        except ValueError:
+            return "<path>"
+
+    return " ".join(["python -m", module, *(shown(a) for a in argv)])
+
+
 def run(args: list[str], cwd: Path, env_extra: dict | None = None,
         timeout: float = 3600, capture: bool = True) -> subprocess.CompletedProcess:
     """Run a command with this interpreter's bin dir first on PATH (dvc, python).

@@ -71,3 +71,13 @@ def test_growth_exponent_and_the_first_wall():
     assert flat["time_exponent"] < 0.5  # a fixed cost: extrapolated as linear, not flatter
     assert flat["rows_at_time_wall"] == pytest.approx(4e5 * 8 * 3600 / 14, rel=1e-3)
     assert first_wall(walls) == ("square", "time", walls["square"]["rows_at_time_wall"])
+
+
+def test_result_files_record_no_path_of_the_machine(tmp_path, monkeypatch):
+    from bench.workspace import shown_command
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    shown = shown_command("bench.scale", ["--out", "/elsewhere/results",
+                                          "--models-dir", str(tmp_path / "models"), "--rows", "5"])
+    assert shown == "python -m bench.scale --out <path> --models-dir models --rows 5"
