@@ -4,7 +4,7 @@ What DVC itself cannot tell: for each configuration it copies the project into a
 temp dir (fresh git repo, empty DVC cache), runs every stage with ``dvc repro -s``
 and records its wall time and peak RSS, measures predict throughput of the
 published model, and checks the targets against the pipeline's own
-metrics/test.json. Writes bench/results.md and bench/results.json. Speed, memory
+metrics/test.json. Writes bench/results/pipeline.md and pipeline.json. Speed, memory
 and accuracy targets live here, not in the unit tests. Accuracy itself comes from
 the pipeline (``dvc exp show``), not from a second scoring here.
 
@@ -18,47 +18,31 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from bench.workspace import copy_project, run_checked, set_param
+from bench.workspace import copy_project, pipeline_stages, set_param, timed_stage
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "recording-114": {},
     "recording-66": {"merge_genres.strategy": "study"},
 }
-# Targets from the issue tracker (test split, 2 CPU cores): checked and reported, never asserted.
-FLOORS = {"recording-114": {"softmax": 0.19, "mlp": 0.34, "lstm": 0.31},
+# Targets from the issue tracker (test split, 2 CPU cores): checked and reported, never
+# asserted. Accuracy floors: each family no more than 0.3 point below the run committed
+# before the loop was cut (2026-11-29: softmax 0.2061, MLP 0.3541, LSTM 0.3265, forest
+# 0.3592, boosting 0.3612), the published blend >= 0.375.
+FLOORS = {"recording-114": {"softmax": 0.2031, "mlp": 0.3511, "lstm": 0.3235, "forest": 0.3562,
+                            "boosting": 0.3582, "blend": 0.375},
           "recording-66": {"lstm": 0.41}}
-TRAIN_BUDGET_S = 12 * 60
+LOOP_BUDGET_S = 8 * 60  # the whole dvc repro (every stage's wall, dvc's start-ups included)
 RSS_BUDGET_MB = 3 * 1024
-
-
-def pipeline_stages(repo: Path) -> list[str]:
-    """The stages of repo/dvc.yaml, in file order (which is a valid run order)."""
-    return list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
-
-
-def timed_stage(repo: Path, stage: str, env: dict) -> dict:
-    """Run one stage in a child that reports the peak RSS of its own children."""
-    probe = (
-        "import resource, subprocess, sys, time;"
-        "t = time.perf_counter();"
-        "r = subprocess.run(sys.argv[1:]);"
-        "print('BENCH', r.returncode, time.perf_counter() - t,"
-        " resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, flush=True)"
-    )
-    out = run_checked([sys.executable, "-c", probe, "dvc", "repro", "-s", stage], repo, env)
-    line = [x for x in out.splitlines() if x.startswith("BENCH ")][-1].split()
-    if line[1] != "0":
-        raise SystemExit(f"bench: stage {stage} failed:\n{out}")
-    return {"seconds": round(float(line[2]), 1), "peak_rss_mb": round(int(line[3]) / 1024)}
+PREDICT_FLOOR = 5_000  # rows/s of the published model, model only
+THROUGHPUT_ROWS = 50_000  # the test features repeated: enough for a steady rate
+BLEND_LEAD = 0.015  # the published blend over the best single family (chosen on validation)
 
 
 def predict_throughput(repo: Path) -> int:
@@ -76,7 +60,7 @@ def predict_throughput(repo: Path) -> int:
         features = read_labeled("test")[FEATURES].to_numpy("float32")
     finally:
         os.chdir(cwd)
-    batch = np.tile(features, (max(1, 200_000 // len(features)), 1))
+    batch = np.tile(features, (max(1, THROUGHPUT_ROWS // len(features)), 1))
     predict_proba(model, batch[:1000])  # warm-up: graph tracing
     started = time.perf_counter()
     predict_proba(model, batch)
@@ -96,6 +80,7 @@ def run_config(name: str, overrides: dict, source: str, workdir: Path) -> dict:
     data = json.loads((repo / "reports/data.json").read_text())
     return {"overrides": overrides, "stages": stages, "rows_clean": data["cleaning"]["rows_clean"],
             "metrics": json.loads((repo / "metrics/test.json").read_text()),
+            "comparison": json.loads((repo / "reports/evaluate.json").read_text())["comparison"],
             "predict_rows_per_s": predict_throughput(repo)}
 
 
@@ -113,12 +98,22 @@ def targets(results: dict) -> list[str]:
             lines.append(f"| {config} {family} accuracy >= {floor} | {acc:.4f} | "
                          f"{'met' if acc >= floor else 'MISSED'} |")
     for config, result in results.items():
-        train_s = sum(v["seconds"] for k, v in result["stages"].items() if k.startswith("train_"))
+        loop_s = sum(v["seconds"] for v in result["stages"].values())
         rss = max(s["peak_rss_mb"] for s in result["stages"].values())
-        lines.append(f"| {config} all training stages <= {TRAIN_BUDGET_S // 60} min | "
-                     f"{train_s / 60:.1f} min | {'met' if train_s <= TRAIN_BUDGET_S else 'MISSED'} |")
+        rate = result["predict_rows_per_s"]
+        lines.append(f"| {config} whole dvc repro <= {LOOP_BUDGET_S // 60} min | "
+                     f"{loop_s / 60:.1f} min | {'met' if loop_s <= LOOP_BUDGET_S else 'MISSED'} |")
         lines.append(f"| {config} peak RSS <= {RSS_BUDGET_MB} MB | {rss} MB | "
                      f"{'met' if rss <= RSS_BUDGET_MB else 'MISSED'} |")
+        lines.append(f"| {config} published model >= {PREDICT_FLOOR:,} rows/s | {rate:,} | "
+                     f"{'met' if rate >= PREDICT_FLOOR else 'MISSED'} |")
+        lead = (result.get("comparison") or {}).get("models", {}).get("blend")
+        if lead and lead.get("difference") is not None:
+            met = lead["difference"] >= BLEND_LEAD and lead["low"] > 0
+            lines.append(f"| {config} blend >= best single family + {BLEND_LEAD * 100:.1f} points, "
+                         f"interval above 0 | {lead['difference'] * 100:+.2f} "
+                         f"[{lead['low'] * 100:+.2f}, {lead['high'] * 100:+.2f}] | "
+                         f"{'met' if met else 'MISSED'} |")
     return lines
 
 
@@ -139,9 +134,13 @@ def markdown(results: dict, command: str) -> str:
             out.append(f"| {family} | {m['accuracy']:.4f} | {m['top5']:.4f} | {m['macro_f1']:.4f} "
                        f"| {result['stages'].get(f'train_{family}', {}).get('seconds', '-')} |")
         out += ["", f"chance (majority class) {metrics['chance']:.4f}, ceiling {metrics['ceiling']:.4f}",
-                "", "| stage | wall s (incl. dvc) | peak RSS MB |", "|---|---|---|"]
-        out += [f"| {st} | {v['seconds']} | {v['peak_rss_mb']} |"
+                "", "| stage | wall s (incl. dvc) | CPU s | peak RSS MB |", "|---|---|---|---|"]
+        out += [f"| {st} | {v['seconds']} | {v.get('cpu_seconds', '-')} | {v['peak_rss_mb']} |"
                 for st, v in result["stages"].items()]
+        total = sum(v["seconds"] for v in result["stages"].values())
+        out += [f"| **whole dvc repro** | {total:.1f} ({total / 60:.1f} min) | "
+                f"{sum(v.get('cpu_seconds', 0) for v in result['stages'].values()):.1f} | "
+                f"{max(v['peak_rss_mb'] for v in result['stages'].values())} |"]
         out += ["", f"predict throughput (published model, batch): "
                 f"{result['predict_rows_per_s']:,} rows/s", ""]
     out += ["## Targets", "", "| target | measured | |", "|---|---|---|", *targets(results), ""]
@@ -151,7 +150,7 @@ def markdown(results: dict, command: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Benchmark the pipeline on the real data.")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
-    parser.add_argument("--out", type=Path, default=REPO / "bench")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     source = os.environ.get("SPOTIFY_TRACKS_URL", "")
     if source and not source.startswith(("http://", "https://", "file://")):
@@ -162,8 +161,8 @@ def main(argv: list[str] | None = None) -> None:
             results[name] = run_config(name, CONFIGS[name], source, Path(tmp))
     command = "python -m bench" + (f" --configs {' '.join(args.configs)}"
                                    if args.configs != list(CONFIGS) else "")
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "results.md").write_text(markdown(results, command))
+    (args.out / "pipeline.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "pipeline.md").write_text(markdown(results, command))
     print(markdown(results, command))
 
 

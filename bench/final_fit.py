@@ -18,28 +18,28 @@ import platform
 import time
 from pathlib import Path
 
-from stages.common import FEATURE_SETS, label_indices, read_classes, read_labeled
+from stages.common import FEATURE_SETS, label_indices, read_classes, read_labeled, training_rows
 from stages.evaluate import paired_bootstrap
 from stages.params import TREES, load_feature_set, load_section
 from stages.ranking import top_class
 from stages.split import recording_ids
-from stages.train_trees import train, train_final
+from stages.train_trees import fit_calibrated, refit
 
 
 def measure(family: str, splits: dict, classes: list[str], features: list[str]) -> dict:
     test = splits["test"]
     x_test, y_test = test[features].to_numpy("float32"), label_indices(test, classes)
     params = load_section(family)
-    right, seconds = {}, {}
-    for fit in ("train", "train+val"):
-        started = time.perf_counter()
-        if fit == "train":
-            model, _ = train(family, params, splits["train"], splits["val"], classes, features)
-        else:
-            model, _, _ = train_final(family, params, splits["train"], splits["val"], classes,
-                                      features, fit)
-        seconds[fit] = round(time.perf_counter() - started, 1)
-        right[fit] = top_class(model.predict_proba(x_test)) == y_test
+    started = time.perf_counter()
+    alone, summary, _ = fit_calibrated(family, params, splits["train"], splits["val"], classes,
+                                       features)
+    seconds = {"train": round(time.perf_counter() - started, 1)}
+    # the stage's refit, reusing the fit on train alone (its rounds and temperature)
+    both = training_rows(splits["train"], splits["val"], "train+val")
+    final = refit(family, params, alone, summary, both, classes, features)
+    seconds["train+val"] = summary["final_fit_seconds"]
+    right = {fit: top_class(model.predict_proba(x_test)) == y_test
+             for fit, model in (("train", alone), ("train+val", final))}
     gap = paired_bootstrap(right["train+val"], right["train"], recording_ids(test))
     return {"test_accuracy": {fit: round(float(r.mean()), 5) for fit, r in right.items()},
             "difference": gap, "seconds": seconds}

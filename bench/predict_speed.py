@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.workspace import shown_command
+from bench.workspace import shown_command, timed_command
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results"
@@ -46,26 +45,13 @@ MODELS = {"softmax": "softmax.keras", "mlp": "mlp.keras", "lstm": "lstm.keras",
           "genre-classifier": "genre-classifier.keras"}
 SMALL_ROWS = 1_000
 
-PROBE = (
-    "import resource, subprocess, sys, time;"
-    "t = time.perf_counter();"
-    "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True);"
-    "print('BENCH', r.returncode, time.perf_counter() - t,"
-    " resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, flush=True);"
-    "sys.stderr.write(r.stderr[-2000:] if r.returncode else '')"
-)
-
-
 def timed(command: list[str]) -> dict:
     """Wall seconds and peak RSS (MB, the largest process of its tree) of one command."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-c", PROBE, *command], cwd=REPO, env=env,
-                          capture_output=True, text=True)
-    line = [x for x in done.stdout.splitlines() if x.startswith("BENCH ")][-1].split()
-    if line[1] != "0" and "predict_many" not in command:
-        raise SystemExit(f"bench.predict_speed: {' '.join(command)} failed:\n{done.stderr}")
-    return {"seconds": round(float(line[2]), 2), "peak_rss_mb": round(int(line[3]) / 1024),
-            "exit": int(line[1])}
+    measured = timed_command(command, REPO)
+    if measured["exit"] != 0 and "predict_many" not in command:
+        raise SystemExit(f"bench.predict_speed: {' '.join(command)} failed:\n"
+                         f"{measured['output']}")
+    return {key: measured[key] for key in ("seconds", "peak_rss_mb", "exit")}
 
 
 def feature_rows(source: str, rows: int) -> pd.DataFrame:

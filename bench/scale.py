@@ -37,7 +37,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.workspace import commit_all, copy_project, set_params, shown_command
+from bench.workspace import (
+    commit_all,
+    copy_project,
+    pipeline_stages,
+    set_params,
+    shown_command,
+    timed_stage,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results"
@@ -100,36 +107,10 @@ def write_enlarged(frame: pd.DataFrame, factor: int, path: Path) -> Path:
     return path
 
 
-PROBE = (
-    "import resource, subprocess, sys, time;"
-    "t = time.perf_counter();"
-    "r = subprocess.run(sys.argv[1:]);"
-    "u = resource.getrusage(resource.RUSAGE_CHILDREN);"
-    "print('BENCH', r.returncode, time.perf_counter() - t, u.ru_maxrss, u.ru_utime + u.ru_stime,"
-    " flush=True)"
-)
-
-
-def timed_stage(repo: Path, stage: str, env: dict) -> dict:
-    """``dvc repro -s STAGE`` in a child: wall seconds, CPU seconds (user + system of the
-    whole process tree: on shared cores the wall time swells with the other load, the CPU
-    time much less) and the peak RSS of its largest process."""
-    from bench.workspace import run_checked  # noqa: PLC0415
-
-    out = run_checked([sys.executable, "-c", PROBE, "dvc", "repro", "-s", stage], repo, env)
-    line = [x for x in out.splitlines() if x.startswith("BENCH ")][-1].split()
-    if line[1] != "0":
-        raise SystemExit(f"bench.scale: stage {stage} failed:\n{out}")
-    return {"seconds": round(float(line[2]), 1), "cpu_seconds": round(float(line[4]), 1),
-            "peak_rss_mb": round(int(line[3]) / 1024)}
-
-
 def measure_size(factor: int, real: pd.DataFrame, workdir: Path, result: dict,
                  out: Path) -> None:
     """Run every stage on the data enlarged ``factor`` times; results saved after each stage
     (a size cut short keeps the stages it measured, marked incomplete)."""
-    from bench.__main__ import pipeline_stages  # noqa: PLC0415
-
     data = write_enlarged(real, factor, workdir / f"tracks-{factor}x.csv")
     repo = copy_project(REPO, workdir / f"repo-{factor}x")
     set_params(repo, BUDGETS)
@@ -139,7 +120,7 @@ def measure_size(factor: int, real: pd.DataFrame, workdir: Path, result: dict,
             "complete": False, "stages": {}}
     result["partial"] = size
     for stage in pipeline_stages(repo):
-        size["stages"][stage] = timed_stage(repo, stage, env)
+        size["stages"][stage] = timed_stage(repo, stage, env, "bench.scale")
         if stage == "split":  # its report counts the clean rows
             report = json.loads((repo / "reports/data.json").read_text())
             size["rows_clean"] = report["cleaning"]["rows_clean"]

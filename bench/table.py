@@ -262,6 +262,22 @@ def predict_speed_rows(path: Path = RESULTS_DIR / "predict_speed.json") -> list[
     return rows
 
 
+def seeds_rows(path: Path = RESULTS_DIR / "seeds.json") -> list[dict]:
+    """bench.seeds' committed measurements: per network family, test accuracy per seed and
+    its spread."""
+    result = json.loads(path.read_text())
+    rows = []
+    for family, entry in result["families"].items():
+        test = entry["test"]
+        rows.append({"family": family,
+                     "test accuracy per seed": ", ".join(
+                         f"{r['test_accuracy']:.4f} ({r['seed']})" for r in entry["runs"]),
+                     "mean": f"{test['mean']:.4f}",
+                     "std": f"{test['std']:.4f}" if test["std"] is not None else None,
+                     "range": f"{(test['max'] - test['min']) * 100:.2f} points"})
+    return rows
+
+
 GENERATED = re.compile(r"(<!-- (python -m bench\.table [^>]*?) -->)(.*?)(<!-- end of \2 -->)", re.S)
 
 
@@ -302,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="bench.scale's committed table (bench/results/scale.json)")
     parser.add_argument("--predict-speed", action="store_true",
                         help="bench.predict_speed's committed table")
+    parser.add_argument("--seeds", action="store_true",
+                        help="bench.seeds' committed table (each network at several seeds)")
     parser.add_argument("--groups", type=int, metavar="K",
                         help="the learned genre hierarchy's classes at K classes")
     args = parser.parse_args(argv)
@@ -314,6 +332,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.scale:
         rows = scale_rows()
         print(markdown(rows, scale_columns(rows), digits=2))
+        return
+    if args.seeds:
+        rows = seeds_rows()
+        print(markdown(rows, scale_columns(rows), digits=4))
         return
     if args.predict_speed:
         rows = predict_speed_rows()

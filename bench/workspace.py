@@ -56,6 +56,46 @@ def run_checked(args: list[str], cwd: Path, env_extra: dict | None = None, **kwa
     return result.stdout
 
 
+# Runs the command given in argv in a child and reports, after its output, its exit code,
+# wall seconds, the peak RSS of its process tree's largest process (KB) and its CPU time
+# (user + system of the whole tree: on shared cores less swollen by other load than the wall).
+PROBE = (
+    "import resource, subprocess, sys, time;"
+    "t = time.perf_counter();"
+    "r = subprocess.run(sys.argv[1:]);"
+    "u = resource.getrusage(resource.RUSAGE_CHILDREN);"
+    "print('BENCH', r.returncode, time.perf_counter() - t, u.ru_maxrss, u.ru_utime + u.ru_stime,"
+    " flush=True)"
+)
+
+
+def timed_command(args: list[str], cwd: Path, env_extra: dict | None = None) -> dict:
+    """Run ``args`` under PROBE: {exit, seconds, cpu_seconds, peak_rss_mb, output}."""
+    result = run([sys.executable, "-c", PROBE, *args], cwd, env_extra)
+    lines = [x for x in result.stdout.splitlines() if x.startswith("BENCH ")]
+    if not lines:
+        raise RuntimeError(f"{' '.join(args)}: no timing\n{result.stdout}\n{result.stderr}")
+    _, code, seconds, rss_kb, cpu = lines[-1].split()
+    return {"exit": int(code), "seconds": round(float(seconds), 2),
+            "cpu_seconds": round(float(cpu), 1), "peak_rss_mb": round(int(rss_kb) / 1024),
+            "output": f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}"}
+
+
+def pipeline_stages(repo: Path) -> list[str]:
+    """The stages of repo/dvc.yaml, in file order (which is a valid run order)."""
+    return list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
+
+
+def timed_stage(repo: Path, stage: str, env: dict, bench: str = "bench") -> dict:
+    """``dvc repro -s STAGE`` (dvc's own start-up, about 2 s, included): wall seconds, CPU
+    seconds and peak RSS; a failed stage stops the benchmark with its output."""
+    measured = timed_command(["dvc", "repro", "-s", stage], repo, env)
+    if measured["exit"] != 0:
+        raise SystemExit(f"{bench}: stage {stage} failed:\n{measured['output']}")
+    return {"seconds": round(measured["seconds"], 1), "cpu_seconds": measured["cpu_seconds"],
+            "peak_rss_mb": measured["peak_rss_mb"]}
+
+
 def commit_all(repo: Path, message: str) -> None:
     run_checked([*GIT, "add", "-A"], repo)
     run_checked([*GIT, "commit", "-qm", message], repo)

@@ -83,6 +83,25 @@ class UserError(Exception):
     """A mistake the user can fix (bad input file, bad param): one line, no traceback."""
 
 
+THREADS_VARIABLE = "SPOTIFY_GENRE_THREADS"
+
+
+def thread_limit() -> int | None:
+    """``SPOTIFY_GENRE_THREADS``: the most threads a stage computes with (TensorFlow's pools,
+    the tree walks), so that several queued experiments or Dask workers don't oversubscribe
+    the cores; None when unset."""
+    value = os.environ.get(THREADS_VARIABLE)
+    if not value:
+        return None
+    try:
+        n = int(value)
+        if n < 1:
+            raise ValueError
+    except ValueError:
+        raise UserError(f"{THREADS_VARIABLE}={value!r}: must be a whole number >= 1") from None
+    return n
+
+
 def cli(main: Callable[..., None]) -> Callable[..., None]:
     """Turn UserError (and Ctrl-C) into one line on stderr and a non-zero exit."""
 
@@ -199,6 +218,14 @@ def validation_proba(name: str, n_rows: int, n_classes: int, final_fit: str, pre
         raise UserError(f"{path}: file not found: with final_fit = {final_fit} the validation "
                         "probabilities come from the fit on train alone (dvc repro)")
     return predict()
+
+
+def training_rows(train_frame: pd.DataFrame, val_frame: pd.DataFrame,
+                  final_fit: str) -> pd.DataFrame:
+    """The rows a saved model is fitted on (param ``final_fit``): train, or train + val."""
+    if final_fit == "train+val":
+        return pd.concat([train_frame, val_frame], ignore_index=True)
+    return train_frame
 
 
 def read_json(path: str | os.PathLike):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from stages.common import UserError
+from stages.common import thread_limit
 
 
 def quiet_tensorflow() -> None:
@@ -23,15 +23,7 @@ def quiet_tensorflow() -> None:
     absl.logging.set_verbosity(absl.logging.ERROR)
     import tensorflow as tf  # noqa: PLC0415
 
-    threads = os.environ.get("SPOTIFY_GENRE_THREADS")
+    threads = thread_limit()
     if threads:
-        try:
-            n = int(threads)
-            if n < 1:
-                raise ValueError
-        except ValueError:
-            raise UserError(
-                f"SPOTIFY_GENRE_THREADS={threads!r}: must be a whole number >= 1"
-            ) from None
-        tf.config.threading.set_intra_op_parallelism_threads(n)
-        tf.config.threading.set_inter_op_parallelism_threads(1 if n == 1 else 2)
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1 if threads == 1 else 2)

@@ -31,6 +31,7 @@ from stages.common import (
     label_indices,
     read_classes,
     read_labeled,
+    training_rows,
     write_csv,
     write_json,
     write_val_proba,
@@ -93,37 +94,31 @@ def mean_monitor(model, x_val: np.ndarray, y_val: np.ndarray):
     return MeanMonitor()
 
 
-def masked_batches(x: np.ndarray, y: np.ndarray, batch_size: int, rate: float,
-                   features: list[str], seed: int, together_rate: float = 0.0):
-    """Training batches with features hidden at random (NaN), freshly drawn every epoch
-    from (seed, epoch): the same params give the same batches."""
-    import keras  # noqa: PLC0415
-
+def masked_epochs(x: np.ndarray, y: np.ndarray, epochs: int, rate: float,
+                  features: list[str], seed: int, together_rate: float = 0.0):
+    """Every epoch's training rows, shuffled and with features hidden at random (NaN),
+    drawn from (seed, epoch): the same params give the same batches. Returns
+    (x, y) stacked by epoch: (epochs, n, f) and (epochs, n, ...)."""
     from stages.models import hide_features  # noqa: PLC0415
 
-    class MaskedBatches(keras.utils.PyDataset):
-        def __init__(self):
-            super().__init__()
-            self.epoch = 0
-            self._draw()
+    xs, ys = [], []
+    for epoch in range(epochs):
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(x))
+        xs.append(hide_features(x[order], rate, features, rng, together_rate))
+        ys.append(y[order])
+    return np.stack(xs), np.stack(ys)
 
-        def _draw(self):
-            rng = np.random.default_rng([seed, self.epoch])
-            self.order = rng.permutation(len(x))
-            self.x = hide_features(x[self.order], rate, features, rng, together_rate)
 
-        def __len__(self):
-            return int(np.ceil(len(x) / batch_size))
+def epoch_dataset(x_epochs: np.ndarray, y_epochs: np.ndarray, batch_size: int):
+    """One tf.data stream of every epoch's batches in turn (fit it with steps_per_epoch:
+    Keras then keeps one iterator across epochs). Drawn in numpy up front, because a
+    Python data source costs about a quarter of a small network's epoch."""
+    import tensorflow as tf  # noqa: PLC0415
 
-        def __getitem__(self, index):
-            rows = slice(index * batch_size, (index + 1) * batch_size)
-            return self.x[rows], y[self.order[rows]]
-
-        def on_epoch_end(self):
-            self.epoch += 1
-            self._draw()
-
-    return MaskedBatches()
+    return (tf.data.Dataset.from_tensor_slices((x_epochs, y_epochs))
+            .flat_map(lambda x, y: tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size))
+            .prefetch(2))
 
 
 def fit_network(family: str, params, x: np.ndarray, y: np.ndarray, classes, features: list[str],
@@ -140,7 +135,7 @@ def fit_network(family: str, params, x: np.ndarray, y: np.ndarray, classes, feat
     model = models.build(family, x, len(classes), params, features)
     steps = int(np.ceil(len(x) / params.batch_size))
     fitted = models.training_model(model)  # an ensemble fits its members, each on its own loss
-    models.compile_model(fitted, params, steps)
+    models.compile_model(fitted, params, steps, xla=family in models.XLA_FAMILIES)
     callbacks = []
     fit_options = {}
     if validation is not None:
@@ -156,11 +151,13 @@ def fit_network(family: str, params, x: np.ndarray, y: np.ndarray, classes, feat
     callbacks += [epoch_printer(epochs), *extra_callbacks]
     y_fit = models.targets(y, len(classes), params, fitted)
     if getattr(params, "feature_dropout", 0) > 0:  # the model learns to do without features
-        batches = masked_batches(x, y_fit, params.batch_size, params.feature_dropout,
-                                 list(features), params.seed, params.popularity_dropout)
+        x_epochs, y_epochs = masked_epochs(x, y_fit, epochs, params.feature_dropout,
+                                           list(features), params.seed, params.popularity_dropout)
         if validation is not None:
             fit_options["validation_batch_size"] = params.batch_size
-        fit = fitted.fit(batches, epochs=epochs, callbacks=callbacks, verbose=0, **fit_options)
+        fit = fitted.fit(epoch_dataset(x_epochs, y_epochs, params.batch_size), epochs=epochs,
+                         steps_per_epoch=steps, shuffle=False,  # drawn by masked_epochs
+                         callbacks=callbacks, verbose=0, **fit_options)
     else:
         fit = fitted.fit(x, y_fit, epochs=epochs, batch_size=params.batch_size,
                          callbacks=callbacks, verbose=0, **fit_options)
@@ -173,6 +170,14 @@ def train(family: str, params, train_frame, val_frame, classes,
           features: list[str] = FEATURES, extra_callbacks=()):
     """Fit the family's model on ``features`` of the training split, stopping early and
     calibrating on validation; return (model, history dict, summary dict)."""
+    return fit_calibrated(family, params, train_frame, val_frame, classes, features,
+                          extra_callbacks)[:3]
+
+
+def fit_calibrated(family: str, params, train_frame, val_frame, classes,
+                   features: list[str] = FEATURES, extra_callbacks=()):
+    """train(), also returning the calibrated model's validation probabilities (computed
+    for the calibration report anyway): (model, history, summary, val_proba)."""
     from stages import models  # noqa: PLC0415
 
     x_train, y_train = features_and_labels(train_frame, classes, features)
@@ -183,7 +188,7 @@ def train(family: str, params, train_frame, val_frame, classes,
     seconds = time.perf_counter() - started
     val_loss, val_acc, val_top5 = model.evaluate(
         x_val, models.targets(y_val, len(classes), params, model), batch_size=4096, verbose=0)
-    model, calibration = calibrate(model, x_val, y_val)
+    model, calibration, val_proba = calibrate(model, x_val, y_val)
     summary = {
         "family": family,
         "classes": len(classes),
@@ -197,37 +202,42 @@ def train(family: str, params, train_frame, val_frame, classes,
         "parameters": int(model.count_params()),
         **calibration,
     }
-    return model, history, summary
+    return model, history, summary, val_proba
 
 
 def train_final(family: str, params, train_frame, val_frame, classes, features: list[str],
                 final_fit: str):
-    """train(), then with final_fit = train+val the same model refitted on both splits for
-    the best epoch validation chose, with validation's temperature. Returns (the model to
+    """fit_calibrated(), then with final_fit = train+val refit(). Returns (the model to
     save, history, summary, the validation probabilities of the fit on train alone)."""
-    from stages.model_files import Calibrated, predict_proba  # noqa: PLC0415
-
-    model, history, summary = train(family, params, train_frame, val_frame, classes, features)
-    val_proba = predict_proba(model, features_and_labels(val_frame, classes, features)[0])
+    model, history, summary, val_proba = fit_calibrated(family, params, train_frame, val_frame,
+                                                        classes, features)
     summary["fit"] = final_fit
     if final_fit == "train+val":
-        both = pd.concat([train_frame, val_frame], ignore_index=True)
-        x, y = features_and_labels(both, classes, features)
-        epochs = summary["best_epoch"]
-        print(f"train {family}: refit on train+val ({len(x)} rows) for {epochs} epochs",
-              flush=True)
-        started = time.perf_counter()
-        model, _ = fit_network(family, params, x, y, classes, features, epochs)
-        summary["final_fit_seconds"] = round(time.perf_counter() - started, 1)
-        summary["final_fit_rows"] = len(x)
-        if summary["temperature"] != 1.0:
-            model = Calibrated(model, summary["temperature"])
+        model = refit(family, params, summary,
+                      training_rows(train_frame, val_frame, final_fit), classes, features)
     return model, history, summary, val_proba
+
+
+def refit(family: str, params, summary: dict, rows: pd.DataFrame, classes,
+          features: list[str]):
+    """The family refitted on ``rows`` (train + validation) for the best epoch validation
+    chose (``summary``, which gets the refit's rows and seconds), with its temperature."""
+    from stages.model_files import Calibrated  # noqa: PLC0415
+
+    x, y = features_and_labels(rows, classes, features)
+    epochs = summary["best_epoch"]
+    print(f"train {family}: refit on train+val ({len(x)} rows) for {epochs} epochs", flush=True)
+    started = time.perf_counter()
+    model, _ = fit_network(family, params, x, y, classes, features, epochs)
+    summary["final_fit_seconds"] = round(time.perf_counter() - started, 1)
+    summary["final_fit_rows"] = len(x)
+    return Calibrated(model, summary["temperature"]) if summary["temperature"] != 1.0 else model
 
 
 def calibrate(model, x_val: np.ndarray, y_val: np.ndarray):
     """Temperature-scale the model's probabilities on the validation split (see
-    stages.calibration): (the model, or it wrapped with the scaling; report entries)."""
+    stages.calibration): (the model, or it wrapped with the scaling; report entries; its
+    validation probabilities)."""
     from stages import calibration  # noqa: PLC0415
     from stages.model_files import Calibrated, predict_proba  # noqa: PLC0415
 
@@ -239,7 +249,7 @@ def calibrate(model, x_val: np.ndarray, y_val: np.ndarray):
         model = Calibrated(model, temperature)
         proba = predict_proba(model, x_val)
     report["val_ece"] = round(calibration.expected_calibration_error(proba, y_val), 5)
-    return model, report
+    return model, report, proba
 
 
 @cli
@@ -268,8 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     from stages.models import MIN_FEATURES, accepts_missing  # noqa: PLC0415
 
     extra = {MISSING_MEMBER: {"min_features": MIN_FEATURES}} if accepts_missing(model) else {}
-    fitted_on = (pd.concat([train_frame, val_frame]) if final_fit == "train+val"
-                 else train_frame)
+    fitted_on = training_rows(train_frame, val_frame, final_fit)
     ranges = feature_ranges(fitted_on[features].to_numpy("float64"), features)
     save_model(model, MODELS_DIR / f"{name}.keras", classes, features, ranges, extra)
     print(f"train {name} ({args.family}, {len(features)} features): "

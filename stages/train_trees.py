@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import pandas as pd
 
 from stages.common import (
     FEATURE_SETS,
@@ -24,6 +23,7 @@ from stages.common import (
     label_indices,
     read_classes,
     read_labeled,
+    training_rows,
     write_json,
     write_val_proba,
 )
@@ -45,6 +45,13 @@ def check_fits_features(family: str, params, feature_set: str, path=PARAMS_FILE)
 def train(family: str, params, train_frame, val_frame, classes: list[str],
           features: list[str], n_jobs: int = 2):
     """Fit the family on the training split; return (predictor, summary dict)."""
+    return fit_calibrated(family, params, train_frame, val_frame, classes, features, n_jobs)[:2]
+
+
+def fit_calibrated(family: str, params, train_frame, val_frame, classes: list[str],
+                   features: list[str], n_jobs: int = 2):
+    """train(), also returning the calibrated predictor's validation probabilities
+    (computed for the calibration report anyway): (predictor, summary, val_proba)."""
     from stages import trees  # noqa: PLC0415
 
     x_train = train_frame[features].to_numpy("float32")
@@ -67,35 +74,43 @@ def train(family: str, params, train_frame, val_frame, classes: list[str],
         "sklearn_version": model.sklearn_version,  # recorded in the model file too
         "temperature": temperature,
         "val_ece_raw": round(calibration.expected_calibration_error(val_proba, y_val), 5),
-        "val_ece": round(calibration.expected_calibration_error(
-            model.predict_proba(x_val), y_val), 5),
     }
-    return model, summary
+    calibrated = model.predict_proba(x_val)
+    summary["val_ece"] = round(calibration.expected_calibration_error(calibrated, y_val), 5)
+    return model, summary, calibrated
 
 
 def train_final(family: str, params, train_frame, val_frame, classes: list[str],
                 features: list[str], final_fit: str, n_jobs: int = 2):
-    """train(), then with final_fit = train+val the same family refitted on both splits
-    (boosting for the rounds validation chose) with validation's temperature. Returns (the
-    model to save, summary, the validation probabilities of the fit on train alone)."""
-    from stages import trees  # noqa: PLC0415
-
-    model, summary = train(family, params, train_frame, val_frame, classes, features, n_jobs)
-    val_proba = model.predict_proba(val_frame[features].to_numpy("float32"))
+    """fit_calibrated(), then with final_fit = train+val refit(). Returns (the model to
+    save, summary, the validation probabilities of the fit on train alone)."""
+    model, summary, val_proba = fit_calibrated(family, params, train_frame, val_frame, classes,
+                                               features, n_jobs)
     summary["fit"] = final_fit
     if final_fit == "train+val":
-        both = pd.concat([train_frame, val_frame], ignore_index=True)
-        if family == "boosting":  # no early stopping: the rounds kept on validation
-            params = params.model_copy(update={"max_rounds": model.n_trees // len(classes)})
-        print(f"train {family}: refit on train+val ({len(both)} rows)", flush=True)
-        started = time.perf_counter()
-        final = trees.fit(family, params, both[features].to_numpy("float32"),
-                          label_indices(both, classes), None, None, len(classes), n_jobs)
-        summary["final_fit_seconds"] = round(time.perf_counter() - started, 1)
-        summary["final_fit_rows"] = len(both)
-        final.temperature = model.temperature
-        model = final
+        model = refit(family, params, model, summary,
+                      training_rows(train_frame, val_frame, final_fit), classes, features,
+                      n_jobs)
     return model, summary, val_proba
+
+
+def refit(family: str, params, model, summary: dict, rows, classes: list[str],
+          features: list[str], n_jobs: int = 2):
+    """The family refitted on ``rows`` (train + validation) with what the fit on train
+    alone (``model``) chose: boosting's rounds, the temperature. ``summary`` gets the
+    refit's rows and seconds."""
+    from stages import trees  # noqa: PLC0415
+
+    if family == "boosting":  # no early stopping: the rounds kept on validation
+        params = params.model_copy(update={"max_rounds": model.n_trees // len(classes)})
+    print(f"train {family}: refit on train+val ({len(rows)} rows)", flush=True)
+    started = time.perf_counter()
+    final = trees.fit(family, params, rows[features].to_numpy("float32"),
+                      label_indices(rows, classes), None, None, len(classes), n_jobs)
+    summary["final_fit_seconds"] = round(time.perf_counter() - started, 1)
+    summary["final_fit_rows"] = len(rows)
+    final.temperature = model.temperature
+    return final
 
 
 @cli
@@ -117,8 +132,7 @@ def main(argv: list[str] | None = None) -> None:
                                             classes, features, final_fit)
     write_json(REPORTS_DIR / "train" / f"{args.family}.json", summary)
     write_val_proba(args.family, val_proba)
-    fitted_on = (pd.concat([train_frame, val_frame]) if final_fit == "train+val"
-                 else train_frame)
+    fitted_on = training_rows(train_frame, val_frame, final_fit)
     ranges = feature_ranges(fitted_on[features].to_numpy("float64"), features)
     trees.save(model, family_file(args.family), classes, features, ranges=ranges)
     print(f"train {args.family} ({len(features)} features): "

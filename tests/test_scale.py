@@ -81,3 +81,17 @@ def test_result_files_record_no_path_of_the_machine(tmp_path, monkeypatch):
     shown = shown_command("bench.scale", ["--out", "/elsewhere/results",
                                           "--models-dir", str(tmp_path / "models"), "--rows", "5"])
     assert shown == "python -m bench.scale --out <path> --models-dir models --rows 5"
+
+
+def test_a_timed_command_reports_its_exit_cpu_time_and_memory(tmp_path):
+    import sys
+
+    from bench.workspace import timed_command
+
+    # half a second of CPU, with a 200 MB array held
+    busy = ("import time, numpy as np; a = np.ones(25_000_000); t = time.process_time()\n"
+            "while time.process_time() - t < 0.5: a.sum()\nraise SystemExit(3)")
+    measured = timed_command([sys.executable, "-c", busy], tmp_path)
+    assert measured["exit"] == 3
+    assert measured["cpu_seconds"] >= 0.5 and measured["seconds"] >= 0.5
+    assert measured["peak_rss_mb"] >= 190
