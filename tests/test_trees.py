@@ -103,6 +103,19 @@ def test_compiled_and_numpy_walks_agree(fitted, data, tmp_path):
     np.testing.assert_array_equal(plain.predict_proba(x), model.predict_proba(x))
 
 
+def test_the_walk_uses_every_core_unless_capped_and_answers_the_same(fitted, data,
+                                                                     monkeypatch):
+    import os
+
+    _, model = fitted
+    monkeypatch.delenv("SPOTIFY_GENRE_THREADS", raising=False)
+    assert model.n_threads == (os.cpu_count() or 1)
+    many = model.predict_proba(data[2])
+    monkeypatch.setenv("SPOTIFY_GENRE_THREADS", "1")
+    assert model.n_threads == 1
+    np.testing.assert_array_equal(model.predict_proba(data[2]), many)
+
+
 def test_wrong_input_width_is_refused(fitted, data):
     _, model = fitted
     with pytest.raises(ValueError, match=r"shape \(n, 15\)"):
