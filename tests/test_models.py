@@ -314,9 +314,10 @@ def test_calibration_scales_probabilities_but_never_changes_the_answer(frames):
     assert summary["temperature"] > 0 and "val_ece" in summary
     x = val_frame[FEATURES].to_numpy("float32")
     y = label_indices(val_frame, CLASSES)
-    calibrated, report = train.calibrate(model, x, y)
+    calibrated, report, val_proba = train.calibrate(model, x, y)
     before = model_files.predict_proba(model, x)
     after = model_files.predict_proba(calibrated, x)
+    assert np.array_equal(val_proba, after)  # what the stage writes to data/val_proba/
     assert np.array_equal(np.argmax(before, axis=1), np.argmax(after, axis=1))
     if report["temperature"] != 1.0:
         assert not np.allclose(before, after)
