@@ -42,7 +42,8 @@ LOOP_BUDGET_S = 8 * 60  # the whole dvc repro (every stage's wall, dvc's start-u
 RSS_BUDGET_MB = 3 * 1024
 PREDICT_FLOOR = 5_000  # rows/s of the published model, model only
 THROUGHPUT_ROWS = 50_000  # the test features repeated: enough for a steady rate
-BLEND_LEAD = 0.015  # the published blend over the best single family (chosen on validation)
+# the published blend's lead over the best single family (chosen on validation), points/100
+BLEND_LEAD = {"recording-114": 0.015, "recording-66": 0.01}
 
 
 def predict_throughput(repo: Path) -> int:
@@ -108,9 +109,10 @@ def targets(results: dict) -> list[str]:
         lines.append(f"| {config} published model >= {PREDICT_FLOOR:,} rows/s | {rate:,} | "
                      f"{'met' if rate >= PREDICT_FLOOR else 'MISSED'} |")
         lead = (result.get("comparison") or {}).get("models", {}).get("blend")
-        if lead and lead.get("difference") is not None:
-            met = lead["difference"] >= BLEND_LEAD and lead["low"] > 0
-            lines.append(f"| {config} blend >= best single family + {BLEND_LEAD * 100:.1f} points, "
+        floor = BLEND_LEAD.get(config)
+        if floor is not None and lead and lead.get("difference") is not None:
+            met = lead["difference"] >= floor and lead["low"] > 0
+            lines.append(f"| {config} blend >= best single family + {floor * 100:.1f} points, "
                          f"interval above 0 | {lead['difference'] * 100:+.2f} "
                          f"[{lead['low'] * 100:+.2f}, {lead['high'] * 100:+.2f}] | "
                          f"{'met' if met else 'MISSED'} |")

@@ -94,30 +94,33 @@ def mean_monitor(model, x_val: np.ndarray, y_val: np.ndarray):
     return MeanMonitor()
 
 
-def masked_epochs(x: np.ndarray, y: np.ndarray, epochs: int, rate: float,
-                  features: list[str], seed: int, together_rate: float = 0.0):
-    """Every epoch's training rows, shuffled and with features hidden at random (NaN),
-    drawn from (seed, epoch): the same params give the same batches. Returns
-    (x, y) stacked by epoch: (epochs, n, f) and (epochs, n, ...)."""
+def masked_epoch(x: np.ndarray, y: np.ndarray, epoch: int, rate: float,
+                 features: list[str], seed: int, together_rate: float = 0.0):
+    """One epoch's training rows, shuffled and with features hidden at random (NaN), drawn
+    from (seed, epoch): the same params give the same batches. Returns (x, y)."""
     from stages.models import hide_features  # noqa: PLC0415
 
-    xs, ys = [], []
-    for epoch in range(epochs):
-        rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(len(x))
-        xs.append(hide_features(x[order], rate, features, rng, together_rate))
-        ys.append(y[order])
-    return np.stack(xs), np.stack(ys)
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(x))
+    return hide_features(x[order], rate, features, rng, together_rate), y[order]
 
 
-def epoch_dataset(x_epochs: np.ndarray, y_epochs: np.ndarray, batch_size: int):
-    """One tf.data stream of every epoch's batches in turn (fit it with steps_per_epoch:
-    Keras then keeps one iterator across epochs). Drawn in numpy up front, because a
-    Python data source costs about a quarter of a small network's epoch."""
+def epoch_dataset(x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int, draw):
+    """One tf.data stream of every epoch's batches in turn, ``draw(x, y, epoch)`` giving
+    each epoch's rows (fit it with steps_per_epoch: Keras then keeps one iterator across
+    epochs). Python runs once per epoch, not per batch (a Python data source cost about a
+    quarter of a small network's epoch), and about two epochs are held at a time."""
     import tensorflow as tf  # noqa: PLC0415
 
-    return (tf.data.Dataset.from_tensor_slices((x_epochs, y_epochs))
-            .flat_map(lambda x, y: tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size))
+    def epochs_drawn():
+        for epoch in range(epochs):
+            yield draw(x, y, epoch)
+
+    signature = (tf.TensorSpec((len(x), *x.shape[1:]), tf.float32),
+                 tf.TensorSpec((len(y), *np.shape(y)[1:]), tf.as_dtype(np.asarray(y).dtype)))
+    return (tf.data.Dataset.from_generator(epochs_drawn, output_signature=signature)
+            .flat_map(lambda xs, ys: tf.data.Dataset.from_tensor_slices((xs, ys))
+                      .batch(batch_size))
             .prefetch(2))
 
 
@@ -151,12 +154,15 @@ def fit_network(family: str, params, x: np.ndarray, y: np.ndarray, classes, feat
     callbacks += [epoch_printer(epochs), *extra_callbacks]
     y_fit = models.targets(y, len(classes), params, fitted)
     if getattr(params, "feature_dropout", 0) > 0:  # the model learns to do without features
-        x_epochs, y_epochs = masked_epochs(x, y_fit, epochs, params.feature_dropout,
-                                           list(features), params.seed, params.popularity_dropout)
+        def draw(x, y, epoch):
+            return masked_epoch(x, y, epoch, params.feature_dropout, list(features),
+                                params.seed, params.popularity_dropout)
+
         if validation is not None:
             fit_options["validation_batch_size"] = params.batch_size
-        fit = fitted.fit(epoch_dataset(x_epochs, y_epochs, params.batch_size), epochs=epochs,
-                         steps_per_epoch=steps, shuffle=False,  # drawn by masked_epochs
+        batches = epoch_dataset(x, np.ascontiguousarray(y_fit), epochs, params.batch_size, draw)
+        fit = fitted.fit(batches, epochs=epochs, steps_per_epoch=steps,
+                         shuffle=False,  # drawn by masked_epoch
                          callbacks=callbacks, verbose=0, **fit_options)
     else:
         fit = fitted.fit(x, y_fit, epochs=epochs, batch_size=params.batch_size,

@@ -326,19 +326,22 @@ def test_calibration_scales_probabilities_but_never_changes_the_answer(frames):
 def test_masked_epochs_are_drawn_from_the_seed_and_streamed_in_order():
     x = np.arange(14 * len(FEATURES), dtype="float32").reshape(14, len(FEATURES))
     y = np.arange(14, dtype="int32")
-    x_epochs, y_epochs = train.masked_epochs(x, y, 3, 0.2, FEATURES, seed=5, together_rate=0.5)
-    again = train.masked_epochs(x, y, 3, 0.2, FEATURES, seed=5, together_rate=0.5)
-    assert np.array_equal(x_epochs, again[0], equal_nan=True)
-    assert np.array_equal(y_epochs, again[1])
-    other = train.masked_epochs(x, y, 3, 0.2, FEATURES, seed=6, together_rate=0.5)
-    assert not np.array_equal(y_epochs, other[1])
-    for epoch in range(3):  # every row once per epoch, its features kept with its label
-        assert sorted(y_epochs[epoch]) == list(range(14))
-        kept = ~np.isnan(x_epochs[epoch])
-        assert np.array_equal(x_epochs[epoch][kept], x[y_epochs[epoch]][kept])
-    assert np.isnan(x_epochs).any() and not np.array_equal(y_epochs[0], y_epochs[1])
+
+    def draw(x, y, epoch, seed=5):
+        return train.masked_epoch(x, y, epoch, 0.2, FEATURES, seed=seed, together_rate=0.5)
+
+    epochs = [draw(x, y, e) for e in range(3)]
+    again = draw(x, y, 1)
+    assert np.array_equal(epochs[1][0], again[0], equal_nan=True)
+    assert np.array_equal(epochs[1][1], again[1])
+    assert not np.array_equal(epochs[1][1], draw(x, y, 1, seed=6)[1])
+    for x_epoch, y_epoch in epochs:  # every row once per epoch, its features kept with its label
+        assert sorted(y_epoch) == list(range(14))
+        kept = ~np.isnan(x_epoch)
+        assert np.array_equal(x_epoch[kept], x[y_epoch][kept])
+    assert np.isnan(epochs[0][0]).any() and not np.array_equal(epochs[0][1], epochs[1][1])
     # batches of 4: each epoch's 14 rows end with a short batch; the next epoch follows
-    stream = train.epoch_dataset(x_epochs, y_epochs, 4)
+    stream = train.epoch_dataset(x, y, 3, 4, draw)
     batches = [b.numpy() for _, b in stream]
     assert [len(b) for b in batches] == [4, 4, 4, 2] * 3
-    assert np.array_equal(np.concatenate(batches), y_epochs.ravel())
+    assert np.array_equal(np.concatenate(batches), np.concatenate([e[1] for e in epochs]))
