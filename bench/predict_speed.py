@@ -15,7 +15,9 @@ Then end-to-end on a CSV of --big-rows rows (the 100k file repeated) with --big-
 its rows/s against the same model's 100k rate, and its peak RSS (the issue's targets:
 >= 90% of the 100k rate, <= 1 GB). Then the Dask path: --dask-rows rows in --dask-files
 files, predicted by ``stages.predict_many --workers 2`` against one process predicting them
-one after the other (``predict_file`` in a loop), and a byte comparison of the outputs.
+one after the other (``predict_file`` in a loop), and a byte comparison of the outputs;
+``--workers 1`` (one worker of 2 threads) too, which separates Dask's own cost from that of
+splitting the cores into two one-thread workers.
 
 Every generated file lives in a temp dir (never in git). Writes OUT/predict_speed.json;
 ``python -m bench.table --predict-speed`` prints the table.
@@ -27,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -46,12 +49,17 @@ MODELS = {"softmax": "softmax.keras", "mlp": "mlp.keras", "lstm": "lstm.keras",
 SMALL_ROWS = 1_000
 
 def timed(command: list[str]) -> dict:
-    """Wall seconds and peak RSS (MB, the largest process of its tree) of one command."""
+    """Wall seconds, CPU seconds (the command's process tree) and peak RSS (MB, the largest
+    process of its tree) of one command; for predict_many also its tasks' own seconds."""
     measured = timed_command(command, REPO)
     if measured["exit"] != 0 and "predict_many" not in command:
         raise SystemExit(f"bench.predict_speed: {' '.join(command)} failed:\n"
                          f"{measured['output']}")
-    return {key: measured[key] for key in ("seconds", "peak_rss_mb", "exit")}
+    result = {key: measured[key] for key in ("seconds", "cpu_seconds", "peak_rss_mb", "exit")}
+    tasks = re.search(r"\((\d+\.\d+) s in tasks\)", measured["output"])
+    if tasks:
+        result["task_seconds"] = float(tasks.group(1))
+    return result
 
 
 def feature_rows(source: str, rows: int) -> pd.DataFrame:
@@ -144,14 +152,20 @@ def dask_against_one_process(model_file: Path, frame: pd.DataFrame, files: int,
             "[predict_file(m, p, o / (p.stem + '.csv'), lambda s: None, opts)"
             " for p in sorted(i.iterdir())]")
     one = timed([sys.executable, "-c", loop, str(model_file), str(folder), str(tmp / "one")])
-    many = timed([sys.executable, "-m", "stages.predict_many", str(model_file), str(folder),
-                  "-o", str(tmp / "dask"), "--workers", "2", "--use-popularity"])
-    same = all((tmp / "one" / p.name).read_bytes() == (tmp / "dask" / p.name).read_bytes()
-               for p in sorted((tmp / "one").iterdir()))
+    runs = {}
+    # 1 worker of 2 threads: Dask's own cost (cluster start, transfers) apart from the split
+    # of the cores into 2 one-thread workers
+    for workers in (2, 1):
+        runs[workers] = timed([sys.executable, "-m", "stages.predict_many", str(model_file),
+                               str(folder), "-o", str(tmp / f"dask{workers}"), "--workers",
+                               str(workers), "--use-popularity"])
+    same = all((tmp / "one" / p.name).read_bytes() == (tmp / f"dask{w}" / p.name).read_bytes()
+               for p in sorted((tmp / "one").iterdir()) for w in runs)
     result = {"model": model_file.name, "files": files, "rows": len(frame),
-              "one_process": one, "dask_2_workers": many,
-              "dask_vs_one_process_time": round(many["seconds"] / one["seconds"], 3),
-              "identical_bytes": same and len(list((tmp / "dask").iterdir())) == files}
+              "one_process": one, "dask_2_workers": runs[2], "dask_1_worker": runs[1],
+              "dask_vs_one_process_time": round(runs[2]["seconds"] / one["seconds"], 3),
+              "identical_bytes": same and all(len(list((tmp / f"dask{w}").iterdir())) == files
+                                              for w in runs)}
     print(f"bench.predict_speed: dask {result}", flush=True)
     return result
 

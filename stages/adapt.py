@@ -569,25 +569,23 @@ def plot_curve(cv: dict, chosen: str, title: str, path: Path) -> None:
 
 
 def _zip_entry(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
-    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))  # same input, same bytes
-    info.compress_type = zipfile.ZIP_STORED
-    info.external_attr = 0o644 << 16
-    archive.writestr(info, data)
+    from stages.model_files import fixed_date  # noqa: PLC0415
+
+    archive.writestr(fixed_date(name, zipfile.ZIP_STORED), data)  # same input, same bytes
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     """An .npz (what np.load reads) with fixed member dates: np.savez stamps the time."""
     import io  # noqa: PLC0415
 
+    from stages.model_files import fixed_date  # noqa: PLC0415
+
     handle = io.BytesIO()
     with zipfile.ZipFile(handle, "w") as archive:
         for name, value in arrays.items():
             array = io.BytesIO()
             np.lib.format.write_array(array, np.asarray(value), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, array.getvalue())
+            archive.writestr(fixed_date(f"{name}.npy"), array.getvalue())
     return handle.getvalue()
 
 
@@ -633,14 +631,9 @@ def save_adapted(path: Path, base: Base, parts, classes: list[str], features: li
 
 def is_adapted(path: Path) -> bool:
     """True for a zip with an adapted.json member (whatever the file is named)."""
-    path = Path(path)
-    if path.suffix == ".npz" or not path.is_file():
-        return False
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return ADAPTED_MEMBER in archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
+    from stages.model_files import has_member  # noqa: PLC0415
+
+    return has_member(path, ADAPTED_MEMBER)
 
 
 def load_model(path: Path):

@@ -102,6 +102,11 @@ def thread_limit() -> int | None:
     return n
 
 
+def threads() -> int:
+    """The threads a stage computes with: SPOTIFY_GENRE_THREADS, else every core."""
+    return thread_limit() or os.cpu_count() or 1
+
+
 def cli(main: Callable[..., None]) -> Callable[..., None]:
     """Turn UserError (and Ctrl-C) into one line on stderr and a non-zero exit."""
 

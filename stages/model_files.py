@@ -101,13 +101,13 @@ def copy_with_members(source: Path, dest: Path, members: dict) -> None:
                 if item.filename not in members:
                     new.writestr(item, old.read(item.filename))
             for name, value in members.items():
-                new.writestr(_fixed_date(name), json.dumps(value))
+                new.writestr(fixed_date(name), json.dumps(value))
 
 
-def _fixed_date(name: str):
+def fixed_date(name: str, compress_type: int = zipfile.ZIP_DEFLATED) -> zipfile.ZipInfo:
     """A zip member dated 1980-01-01: the same contents are the same bytes (one DVC hash)."""
     info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-    info.compress_type = zipfile.ZIP_DEFLATED
+    info.compress_type = compress_type
     info.external_attr = 0o644 << 16
     return info
 
@@ -134,21 +134,26 @@ def save_blend(path: Path, members: list[tuple[str, Path, float]], classes: list
         with zipfile.ZipFile(tmp, "w") as archive:
             for name, data in contents.items():
                 # the member files are compressed already: stored as they are
-                info = _fixed_date(name)
-                info.compress_type = zipfile.ZIP_STORED
+                info = fixed_date(name, zipfile.ZIP_STORED)
                 archive.writestr(info, data)
 
 
-def is_blend(path: Path) -> bool:
-    """True for a zip with a blend.json member (whatever the file is named)."""
+def has_member(path: Path, member: str) -> bool:
+    """True for a zip that holds ``member`` (whatever the file is named): how a blend
+    (blend.json) and an adapted model (adapted.json) are told from a .keras zip."""
     path = Path(path)
     if path.suffix == TREE_SUFFIX or not path.is_file():
         return False
     try:
         with zipfile.ZipFile(path) as archive:
-            return BLEND_MEMBER in archive.namelist()
+            return member in archive.namelist()
     except (zipfile.BadZipFile, OSError):
         return False
+
+
+def is_blend(path: Path) -> bool:
+    """True for a zip with a blend.json member (whatever the file is named)."""
+    return has_member(path, BLEND_MEMBER)
 
 
 class Blend:

@@ -48,6 +48,11 @@ PROBE_SPLITS = ("train", "val")  # never test: the taxonomy must not see the row
 PROBE_TREES = 60  # per fold: enough for stable confusion counts, ~1 minute on 2 cores
 PROBE_FOLDS = 3
 PROBE_LEAF = 2
+# Rows per genre the probe fits on, at most (a seeded sample beyond): the probe only has to
+# tell which genres are confused, and without a cap its forest grows n log n with the rows
+# (the first memory wall of bench.scale). Today's data has at most 1,000 per genre in all,
+# so the cap leaves it untouched.
+PROBE_ROWS_PER_GENRE = 1_000
 NAME_MEMBERS = 4  # a merged class is named after its genres, up to this many
 
 
@@ -192,11 +197,25 @@ def taxonomy_yaml(groups: list[list[int]], genres: list[str], shares: list[float
     return "\n".join(lines) + "\n"
 
 
-def learn(frames: list[pd.DataFrame], params: MergeGenresParams, seed: int) -> dict:
-    """The merge hierarchy and the taxonomy at n_groups, from the train and val frames."""
+def capped_per_genre(frame: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
+    """At most ``cap`` rows of each genre: a seeded sample of a genre that has more, the
+    rest in their order (a frame within the cap comes back as it is)."""
+    sizes = frame[GENRE_COLUMN].value_counts()
+    if sizes.empty or sizes.max() <= cap:
+        return frame
+    order = np.random.default_rng(seed).permutation(len(frame))
+    shuffled = frame.iloc[order]
+    kept = np.sort(order[shuffled.groupby(GENRE_COLUMN, sort=False).cumcount().to_numpy() < cap])
+    return frame.iloc[kept].reset_index(drop=True)
+
+
+def learn(frames: list[pd.DataFrame], params: MergeGenresParams, seed: int,
+          rows_per_genre: int = PROBE_ROWS_PER_GENRE) -> dict:
+    """The merge hierarchy and the taxonomy at n_groups, from the train and val frames (at
+    most ``rows_per_genre`` rows of each genre)."""
     from stages.split import recording_ids  # noqa: PLC0415
 
-    frame = pd.concat(frames, ignore_index=True)
+    frame = capped_per_genre(pd.concat(frames, ignore_index=True), rows_per_genre, seed)
     genres = sorted(frame[GENRE_COLUMN].unique())
     if not genres:
         raise UserError("the train and val splits hold no rows")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import time
 
-
 from stages.common import (
     FEATURE_SETS,
     REPORTS_DIR,
@@ -23,6 +22,7 @@ from stages.common import (
     label_indices,
     read_classes,
     read_labeled,
+    threads,
     training_rows,
     write_json,
     write_val_proba,
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     val_frame = read_labeled("val")
     final_fit = load_final_fit()
     model, summary, val_proba = train_final(args.family, params, train_frame, val_frame,
-                                            classes, features, final_fit)
+                                            classes, features, final_fit, n_jobs=threads())
     write_json(REPORTS_DIR / "train" / f"{args.family}.json", summary)
     write_val_proba(args.family, val_proba)
     fitted_on = training_rows(train_frame, val_frame, final_fit)

@@ -40,14 +40,13 @@ Every predictor takes the 15 raw feature values, float32, shape (n, 15), in
 from __future__ import annotations
 
 import math
-import os
 import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from stages.common import UserError, atomic_path, thread_limit
+from stages.common import UserError, atomic_path, threads
 from stages.params import SECTIONS, BoostingParams, ForestParams
 from stages.params import TREES as TREE_FAMILIES
 
@@ -57,8 +56,6 @@ FORMAT_VERSION = 1
 FOREST_CHUNK = 10  # trees fitted at a time: scikit-learn keeps a dense class vector per node
 PAIRS_PER_BATCH = 1 << 21  # (row, tree) pairs walked at once: bounds predict memory
 BOOSTING_ROWS = 1 << 16  # rows per batch in boosting's compiled walk
-
-
 
 
 # --- the shared node layout ------------------------------------------------------------
@@ -152,7 +149,7 @@ class _Trees:
         """Threads of the compiled walk: every core, or SPOTIFY_GENRE_THREADS. (Measured on
         2 idle cores, boosting on 10,000 rows: 1,660 rows/s with one thread, 2,484 with two;
         a busy machine or several workers should set the variable.)"""
-        return thread_limit() or os.cpu_count() or 1
+        return threads()
 
     def __init__(self, arrays: dict[str, np.ndarray], n_classes: int, n_features: int,
                  compiled: bool = True):

@@ -1,6 +1,7 @@
 """Batch predict over a directory on a Dask LocalCluster (2 worker processes): the same bytes
 as the single-process predict, a bad file reported by name while the others finish."""
 
+import re
 import subprocess
 import sys
 
@@ -114,6 +115,7 @@ def test_the_command_exits_nonzero_after_finishing_the_good_files(model_file, in
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("predict_many: 4 of 6 files, 2548 rows -> ")
     assert last.endswith("failed: e_missing_column.csv, f_broken.parquet")
+    assert re.search(r" in \d+\.\d s \(\d+\.\d s in tasks\); failed", last), last
     assert sorted(p.name for p in out.iterdir()) == ["a.csv", "b.csv", "c.csv", "d.csv"]
     expected = tmp_path / "a.csv"
     assert single_process(model_file, input_dir / "a.csv", expected, "-k", 2).returncode == 0

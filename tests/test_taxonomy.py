@@ -72,6 +72,30 @@ def test_the_same_params_give_the_same_taxonomy():
     assert first["merges"] == second["merges"] and first["groups"] == second["groups"]
 
 
+def test_the_probe_sees_at_most_the_cap_per_genre_a_seeded_sample():
+    frame = paired_genres(rows_per_genre=30)
+    frame = frame[~((frame[GENRE_COLUMN] == "folk") & (frame.index % 2 == 0))]  # 15 folk rows
+    capped = taxonomy.capped_per_genre(frame, 20, seed=1)
+    sizes = capped[GENRE_COLUMN].value_counts()
+    assert sizes["folk"] == 15 and (sizes.drop("folk") == 20).all()  # under the cap: all kept
+    assert set(capped[ID_COLUMN]) <= set(frame[ID_COLUMN])
+    again = taxonomy.capped_per_genre(frame, 20, seed=1)
+    other = taxonomy.capped_per_genre(frame, 20, seed=2)
+    assert capped.equals(again) and not capped.equals(other)
+    # every genre within the cap: the very same frame, so today's taxonomy does not change
+    assert taxonomy.capped_per_genre(frame, 30, seed=1) is frame
+
+
+def test_learning_on_more_rows_than_the_cap_uses_the_sample():
+    params = MergeGenresParams(strategy="learned", n_groups=4, max_group_size=2)
+    many = [paired_genres(rows_per_genre=80, seed=5)]
+    capped = taxonomy.learn(many, params, seed=0, rows_per_genre=40)
+    sample = taxonomy.capped_per_genre(many[0], 40, seed=0)
+    assert capped == taxonomy.learn([sample], params, seed=0, rows_per_genre=40)
+    assert capped["probe_accuracy"] != taxonomy.learn(many, params, seed=0)["probe_accuracy"]
+    assert named_groups(capped) == {frozenset(pair) for pair in PAIRS}
+
+
 @pytest.mark.parametrize("params, message", [
     (dict(n_groups=9, max_group_size=4), "merge_genres.n_groups = 9: more than the 8 genres"),
     (dict(n_groups=3, max_group_size=2),

@@ -557,6 +557,34 @@ def test_train_trees_refuses_max_features_before_reading_data(in_tmp_repo, capsy
                                        "the 13 features of features = audio (at most 13)\n")
 
 
+def test_train_trees_fits_with_the_thread_limit(in_tmp_repo, monkeypatch):
+    """SPOTIFY_GENRE_THREADS caps the fit as well as the tree walk (queued experiments
+    or Dask workers sharing the cores); unset, the fit takes every core."""
+    import os
+
+    from stages import train_trees
+
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    def train_final(*args, n_jobs):
+        asked.append(n_jobs)
+        raise Stop
+
+    monkeypatch.setattr(train_trees, "train_final", train_final)
+    for name in ("read_classes", "read_labeled"):
+        monkeypatch.setattr(train_trees, name, lambda *args: None)
+    monkeypatch.setenv("SPOTIFY_GENRE_THREADS", "1")
+    with pytest.raises(Stop):
+        train_trees.main(["forest"])
+    monkeypatch.delenv("SPOTIFY_GENRE_THREADS")
+    with pytest.raises(Stop):
+        train_trees.main(["boosting"])
+    assert asked == [1, os.cpu_count() or 1]
+
+
 def test_fit_refuses_more_features_per_split_than_it_is_given(data):
     x_train, y_train, x_val, y_val, classes = data
     params = ForestParams(n_estimators=2, max_features=14)
