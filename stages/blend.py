@@ -3,10 +3,13 @@
 Reads the families named by param ``blend.members`` (models/<family>.keras or .npz) and
 the validation split, nothing else: the test split stays for evaluate. Finds the
 non-negative weights, summing to 1, whose weighted mean of the members' probabilities has
-the smallest validation log loss; a member below ``blend.min_weight`` is left out and the
+the smallest validation log loss once tempered (softmax(log mean / T), with T fitted
+together with the weights: the blend is published tempered; against weights fitted to the
+untempered mean, 2-fold cross-fitted on validation: accuracy +0.19 point [-0.01, +0.38],
+log loss 2.3032 against 2.3059); a member below ``blend.min_weight`` is left out and the
 rest refitted (a member that hardly moves the answer would still cost its whole
-prediction time). The mean gets one temperature fitted on the same split
-(stages.calibration). Writes models/blend.zip (the kept members' own files, their
+prediction time). The mean then gets the temperature of stages.calibration, fitted on the
+same split, like every family. Writes models/blend.zip (the kept members' own files, their
 weights, the temperature, the class and feature lists: stages.model_files.save_blend)
 and reports/blend.json (weights, temperature, validation accuracy and log loss of each
 member and of the blend).
@@ -75,13 +78,78 @@ def fit_weights(picked: np.ndarray) -> np.ndarray:
     return weights if blend_log_loss(weights, picked) <= blend_log_loss(start, picked) else start
 
 
-def choose_weights(picked: np.ndarray, min_weight: float) -> np.ndarray:
-    """fit_weights, then leave out every member below ``min_weight`` and refit the rest,
-    until every kept member weighs at least that; left-out members weigh exactly 0."""
+TEMPERATURE_RANGE = (0.05, 20.0)  # the temperatures stages.calibration searches
+
+
+def tempered_log_loss(weights: np.ndarray, temperature: float, stacked: np.ndarray,
+                      y: np.ndarray, gradient: bool = False):
+    """Log loss of softmax(log(sum_i w_i p_i) / T), the blend's probabilities once tempered
+    (``stacked``: members x rows x classes); with ``gradient``, also its gradient in
+    (w_1 .. w_m, log T)."""
+    from scipy.special import logsumexp  # noqa: PLC0415
+
+    mixed = np.maximum(np.tensordot(weights, stacked, axes=1), 1e-12)
+    logits = np.log(mixed) / temperature
+    rows = np.arange(len(y))
+    norm = logsumexp(logits, axis=1)
+    loss = float((norm - logits[rows, y]).mean())
+    if not gradient:
+        return loss
+    residual = np.exp(logits - norm[:, None])  # softmax, minus the true class's one-hot
+    residual[rows, y] -= 1.0
+    residual /= len(y)
+    by_weight = np.einsum("rc,mrc->m", residual / (mixed * temperature), stacked)
+    by_log_temperature = -float((residual * logits).sum())
+    return loss, np.append(by_weight, by_log_temperature)
+
+
+def fit_tempered_weights(stacked: np.ndarray, y: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """The simplex weights that, with the best temperature, give the smallest tempered log
+    loss (weights and temperature fitted together), from ``start``. The blend is published
+    tempered, so its weights are chosen for the tempered probabilities; never worse there
+    than ``start`` with its own best temperature."""
+    from scipy.optimize import minimize, minimize_scalar  # noqa: PLC0415
+
+    n_members = len(stacked)
+    if n_members == 1:
+        return np.ones(1)
+    low, high = np.log(TEMPERATURE_RANGE)
+
+    def loss(params):
+        return tempered_log_loss(params[:-1], float(np.exp(params[-1])), stacked, y, True)
+
+    def best_temperature_loss(weights):
+        # convex in 1/T (a log-sum-exp of terms linear in it): the bounded search is global
+        found = minimize_scalar(lambda inverse: tempered_log_loss(weights, 1.0 / inverse,
+                                                                  stacked, y),
+                                bounds=(1.0 / TEMPERATURE_RANGE[1], 1.0 / TEMPERATURE_RANGE[0]),
+                                method="bounded", options={"xatol": 1e-6})
+        return float(found.fun)
+
+    result = minimize(loss, np.append(start, 0.0), jac=True, method="SLSQP",
+                      bounds=[(0.0, 1.0)] * n_members + [(low, high)],
+                      constraints=[{"type": "eq", "fun": lambda p: p[:-1].sum() - 1.0,
+                                    "jac": lambda p: np.append(np.ones(n_members), 0.0)}],
+                      options={"ftol": 1e-10, "maxiter": 500})
+    weights = np.clip(result.x[:-1], 0.0, None)
+    if not np.isfinite(weights).all() or weights.sum() <= 0:
+        return start
+    weights = weights / weights.sum()
+    return weights if best_temperature_loss(weights) <= best_temperature_loss(start) else start
+
+
+def choose_weights(picked: np.ndarray, min_weight: float, stacked: np.ndarray | None = None,
+                   y: np.ndarray | None = None) -> np.ndarray:
+    """fit_weights (then, given the members' probabilities ``stacked`` and the labels,
+    fit_tempered_weights from there), then leave out every member below ``min_weight`` and
+    refit the rest, until every kept member weighs at least that; left-out members weigh
+    exactly 0."""
     threshold = max(min_weight, NEGLIGIBLE)
     kept = np.arange(picked.shape[1])
     while True:
         weights = fit_weights(picked[:, kept])
+        if stacked is not None:
+            weights = fit_tempered_weights(stacked[kept], y, weights)
         small = weights < threshold
         if not small.any():
             break
@@ -103,7 +171,8 @@ def scores(proba: np.ndarray, y: np.ndarray) -> dict:
 def fit_blend(probas: dict[str, np.ndarray], y: np.ndarray, min_weight: float) -> dict:
     """Weights (by member name), temperature and validation scores of each member and the blend."""
     names = list(probas)
-    weights = choose_weights(true_class_probabilities([probas[n] for n in names], y), min_weight)
+    stacked = np.stack([np.asarray(probas[n], dtype=np.float64) for n in names])
+    weights = choose_weights(true_class_probabilities(list(stacked), y), min_weight, stacked, y)
     fitted = {"weights": {n: float(w) for n, w in zip(names, weights)}, "temperature": 1.0}
     fitted["temperature"] = fit_temperature(blended_proba(probas, fitted), y)
     validation = {name: scores(probas[name], y) for name in names}

@@ -261,6 +261,59 @@ def test_fit_weights_finds_the_log_loss_minimum_on_the_simplex():
     assert blend_log_loss(weights, picked) <= min(blend_log_loss(w, picked) for w in grid) + 1e-9
 
 
+def _members(rows=400, classes=6, seed=0):
+    """Two members' probabilities: one weak and soft, one sharp and right 70% of the time
+    (overconfident: the temperature changes what each is worth in the blend)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, rows)
+    weak = np.exp(0.8 * np.eye(classes)[y] + rng.normal(0, 0.5, (rows, classes)))
+    weak /= weak.sum(axis=1, keepdims=True)
+    guess = np.where(rng.random(rows) < 0.7, y, rng.integers(0, classes, rows))
+    sharp = np.exp(6.0 * np.eye(classes)[guess])
+    sharp /= sharp.sum(axis=1, keepdims=True)
+    return np.stack([weak, sharp]), y
+
+
+def test_tempered_log_loss_gradient_matches_finite_differences():
+    from stages.blend import tempered_log_loss
+
+    stacked, y = _members()
+    weights, temperature = np.array([0.3, 0.7]), 0.8
+    loss, gradient = tempered_log_loss(weights, temperature, stacked, y, gradient=True)
+    assert loss == pytest.approx(tempered_log_loss(weights, temperature, stacked, y))
+    step = 1e-6
+    numeric = [(tempered_log_loss(weights + step * np.eye(2)[i], temperature, stacked, y)
+                - loss) / step for i in range(2)]
+    numeric.append((tempered_log_loss(weights, temperature * np.exp(step), stacked, y)
+                    - loss) / step)
+    np.testing.assert_allclose(gradient, numeric, rtol=1e-4, atol=1e-6)
+
+
+def test_weights_fitted_with_the_temperature_beat_every_grid_point():
+    """The tempered blend's log loss at the fitted weights (and its best temperature) is
+    no worse than at any point of a grid of weights and temperatures, and no worse than
+    the weights fitted without the temperature."""
+    from stages.blend import (choose_weights, fit_tempered_weights, tempered_log_loss,
+                              true_class_probabilities)
+
+    stacked, y = _members()
+    picked = true_class_probabilities(list(stacked), y)
+    untempered = choose_weights(picked, 0.0)
+    tempered = choose_weights(picked, 0.0, stacked, y)
+    assert tempered.sum() == pytest.approx(1.0) and tempered.min() >= 0
+    temperatures = np.exp(np.linspace(np.log(0.05), np.log(20), 121))
+
+    def best(weights):
+        return min(tempered_log_loss(weights, t, stacked, y) for t in temperatures)
+
+    grid = [np.array([a, 1 - a]) for a in np.linspace(0, 1, 101)]
+    assert best(tempered) <= min(best(w) for w in grid) + 1e-4
+    assert best(tempered) < best(untempered) - 1e-3  # here the temperature moves the weights
+    # a start that is already the minimum stays (the fit never makes it worse)
+    again = fit_tempered_weights(stacked, y, tempered)
+    assert best(again) <= best(tempered) + 1e-9
+
+
 def test_bench_table_shows_each_difference_with_its_interval():
     from bench.table import difference_cell
 
