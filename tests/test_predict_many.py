@@ -142,3 +142,23 @@ def test_the_model_travels_as_bytes_and_is_written_once_per_content(model_file):
     again = ModelBytes(model_file.name, model_file.read_bytes()).local_file()
     other = ModelBytes(model_file.name, model_file.read_bytes() + b"x").local_file()
     assert first == again != other and first.read_bytes() == model_file.read_bytes()
+
+
+def _worker_environment():
+    import os
+
+    return {name: os.environ.get(name)
+            for name in ("MALLOC_TRIM_THRESHOLD_", "SPOTIFY_GENRE_THREADS", "OMP_NUM_THREADS")}
+
+
+def test_local_workers_share_the_cores_and_keep_freed_memory(monkeypatch):
+    """Each local worker computes with its share of the cores, and starts without Dask's
+    MALLOC_TRIM_THRESHOLD_ (which made predict fault its chunks' pages in again and again)."""
+    from stages.predict_many import connect
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.setenv("SPOTIFY_GENRE_THREADS", "4")
+    with connect("local", 2) as client:
+        seen = list(client.run(_worker_environment).values())
+    assert seen == [{"MALLOC_TRIM_THRESHOLD_": None, "SPOTIFY_GENRE_THREADS": "2",
+                     "OMP_NUM_THREADS": "2"}] * 2
