@@ -164,9 +164,20 @@ def main(argv: list[str] | None = None) -> None:
             results[name] = run_config(name, CONFIGS[name], source, Path(tmp))
     command = "python -m bench" + (f" --configs {' '.join(args.configs)}"
                                    if args.configs != list(CONFIGS) else "")
+    results, command = kept_with(args.out / "pipeline.json", results, command)
     (args.out / "pipeline.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "pipeline.md").write_text(markdown(results, command))
     print(markdown(results, command))
+
+
+def kept_with(path: Path, results: dict, command: str) -> tuple[dict, str]:
+    """The configs measured now, after those of ``path`` that were not measured again (in
+    the file's order), and the command saying which are older."""
+    earlier = json.loads(path.read_text()) if path.exists() else {}
+    kept = {name: result for name, result in earlier.items() if name not in results}
+    if kept:
+        command += f" (with {', '.join(kept)} kept from the previous run of the file)"
+    return {**kept, **results}, command
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""bench.predict_speed's measurement of a command (its timings themselves are the bench's)."""
+"""The benchmarks' bookkeeping: bench.predict_speed's measurement of a command, and the
+pipeline bench's result file (the timings themselves are the benchmarks')."""
 
 import sys
 
@@ -20,3 +21,16 @@ def test_timed_leaves_out_task_seconds_when_there_are_none_and_stops_on_failure(
     assert "task_seconds" not in predict_speed.timed([sys.executable, "-c", "pass"])
     with pytest.raises(SystemExit, match="failed"):
         predict_speed.timed([sys.executable, "-c", "raise SystemExit(3)"])
+
+
+def test_bench_keeps_the_configs_it_did_not_measure_again(tmp_path):
+    import json
+
+    from bench.__main__ import kept_with
+
+    path = tmp_path / "pipeline.json"
+    path.write_text(json.dumps({"recording-114": {"old": 1}, "recording-66": {"old": 2}}))
+    results, command = kept_with(path, {"recording-66": {"new": 3}}, "python -m bench")
+    assert results == {"recording-114": {"old": 1}, "recording-66": {"new": 3}}
+    assert command == "python -m bench (with recording-114 kept from the previous run of the file)"
+    assert kept_with(tmp_path / "none.json", {"a": {}}, "c") == ({"a": {}}, "c")
