@@ -21,7 +21,7 @@ import argparse
 
 import numpy as np
 
-from stages.calibration import apply_temperature, fit_temperature, log_loss
+from stages.calibration import TEMPERATURES, TINY, apply_temperature, fit_temperature, log_loss
 from stages.common import (
     CLASSES_JSON,
     FEATURES,
@@ -78,7 +78,7 @@ def fit_weights(picked: np.ndarray) -> np.ndarray:
     return weights if blend_log_loss(weights, picked) <= blend_log_loss(start, picked) else start
 
 
-TEMPERATURE_RANGE = (0.05, 20.0)  # the temperatures stages.calibration searches
+TEMPERATURE_RANGE = (float(TEMPERATURES[0]), float(TEMPERATURES[-1]))  # calibration's
 
 
 def tempered_log_loss(weights: np.ndarray, temperature: float, stacked: np.ndarray,
@@ -88,7 +88,7 @@ def tempered_log_loss(weights: np.ndarray, temperature: float, stacked: np.ndarr
     (w_1 .. w_m, log T)."""
     from scipy.special import logsumexp  # noqa: PLC0415
 
-    mixed = np.maximum(np.tensordot(weights, stacked, axes=1), 1e-12)
+    mixed = np.maximum(np.tensordot(weights, stacked, axes=1), TINY)
     logits = np.log(mixed) / temperature
     rows = np.arange(len(y))
     norm = logsumexp(logits, axis=1)
