@@ -227,17 +227,23 @@ def accepts_missing(model: keras.Model) -> bool:
 API_MISSING = ("popularity", "explicit")
 
 
-def hide_features(x: np.ndarray, rate: float, features: list[str],
-                  rng: np.random.Generator, together_rate: float = 0.0) -> np.ndarray:
-    """A copy of x with features set to NaN (missing): each value with probability
-    ``rate``, and popularity and explicit together in a ``together_rate`` share of rows."""
-    hidden = rng.random(x.shape) < rate
+def hidden_mask(shape: tuple[int, int], rate: float, features: list[str],
+                rng: np.random.Generator, together_rate: float = 0.0) -> np.ndarray:
+    """Which values to hide (True): each with probability ``rate``, and popularity and
+    explicit together in a ``together_rate`` share of rows."""
+    hidden = rng.random(shape) < rate
     together = [features.index(f) for f in API_MISSING if f in features]
     if together:
-        rows = rng.random(len(x)) < together_rate
+        rows = rng.random(shape[0]) < together_rate
         hidden[np.ix_(rows, together)] = True
+    return hidden
+
+
+def hide_features(x: np.ndarray, rate: float, features: list[str],
+                  rng: np.random.Generator, together_rate: float = 0.0) -> np.ndarray:
+    """A copy of x with features set to NaN (missing), as hidden_mask draws them."""
     out = x.copy()
-    out[hidden] = np.nan
+    out[hidden_mask(x.shape, rate, features, rng, together_rate)] = np.nan
     return out
 
 

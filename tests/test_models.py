@@ -340,8 +340,30 @@ def test_masked_epochs_are_drawn_from_the_seed_and_streamed_in_order():
         kept = ~np.isnan(x_epoch)
         assert np.array_equal(x_epoch[kept], x[y_epoch][kept])
     assert np.isnan(epochs[0][0]).any() and not np.array_equal(epochs[0][1], epochs[1][1])
-    # batches of 4: each epoch's 14 rows end with a short batch; the next epoch follows
-    stream = train.epoch_dataset(x, y, 3, 4, draw)
-    batches = [b.numpy() for _, b in stream]
-    assert [len(b) for b in batches] == [4, 4, 4, 2] * 3
-    assert np.array_equal(np.concatenate(batches), np.concatenate([e[1] for e in epochs]))
+    # batches of 4: each epoch's 14 rows end with a short batch; the next epoch follows,
+    # the rows and hidden values exactly as masked_epoch gives them
+    stream = train.epoch_dataset(x, y, 3, 4, lambda epoch: train.epoch_draw(
+        14, len(FEATURES), epoch, 0.2, FEATURES, seed=5, together_rate=0.5))
+    batches = [(a.numpy(), b.numpy()) for a, b in stream]
+    assert [len(b) for _, b in batches] == [4, 4, 4, 2] * 3
+    assert np.array_equal(np.concatenate([b for _, b in batches]),
+                          np.concatenate([e[1] for e in epochs]))
+    assert np.array_equal(np.concatenate([a for a, _ in batches]),
+                          np.concatenate([e[0] for e in epochs]), equal_nan=True)
+
+
+def test_keras_batches_without_autotuning_train_the_same_model(frames, monkeypatch):
+    """train.shuffled() hands Keras its own shuffled batches with tf.data's autotuning
+    off: the same model as Keras' fit on the plain arrays."""
+    train_frame, val_frame = frames
+    params = validate("softmax", {"epochs": 2, "batch_size": 16, "patience": 5})
+    x, y = train.features_and_labels(train_frame, CLASSES, FEATURES)
+    validation = train.features_and_labels(val_frame, CLASSES, FEATURES)
+    assert train.shuffled(x, y, 16) is not None  # the pinned Keras has the adapter
+    quiet, history = train.fit_network("softmax", params, x, y, CLASSES, FEATURES, 2, validation)
+    monkeypatch.setattr(train, "shuffled", lambda *args: None)  # Keras' fit(x, y) itself
+    plain, plain_history = train.fit_network("softmax", params, x, y, CLASSES, FEATURES, 2,
+                                             validation)
+    assert history == plain_history
+    for a, b in zip(quiet.get_weights(), plain.get_weights()):
+        assert np.array_equal(a, b)
