@@ -221,10 +221,12 @@ def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train") 
 
     quiet_tensorflow()
     from stages.model_files import (  # noqa: PLC0415
+        Blend,
         family_file,
         load_model,
         predict_proba,
         read_features,
+        same_member_files,
     )
 
     splits = {name: read_labeled(name) for name in SPLITS}
@@ -237,10 +239,16 @@ def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train") 
     union = [f for f in FEATURES if f in used]
     seen = seen_in_train(test, splits["train"], union)
     report = {"families": {}}
-    curves, right, val_accuracy = {}, {}, {}
+    curves, right, val_accuracy, probas = {}, {}, {}, {}
     for family, path in paths.items():  # one model in memory at a time
         model, classes, features = load_model(path)
-        proba = predict_proba(model, test[features].to_numpy("float32"))  # its own features
+        x = test[features].to_numpy("float32")  # its own features
+        if isinstance(model, Blend):  # a member that is a family scored above is not re-run
+            proba = model.predict_proba(x, known={
+                name: probas[name] for name in same_member_files(path, paths) if name in probas})
+        else:
+            proba = predict_proba(model, x)
+        probas[family] = proba
         actual = label_indices(test, classes)
         val = splits["val"]
         # the fit on train alone's (with final_fit = train+val the model has seen validation)

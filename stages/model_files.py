@@ -174,11 +174,14 @@ class Blend:
     def weights(self) -> dict[str, float]:
         return {name: weight for name, _, _, weight in self.members}
 
-    def predict_proba(self, x):
+    def predict_proba(self, x, known: dict | None = None):
+        """``known``: {member name: its probabilities for these rows}, computed before from
+        the same model file (see same_member_files), used instead of predicting again."""
         import numpy as np  # noqa: PLC0415
 
         from stages.calibration import apply_temperature  # noqa: PLC0415
 
+        known = known or {}
         total = np.zeros((len(x), self.n_classes), dtype=np.float64)
         if len(x) == 0:
             return total
@@ -189,9 +192,10 @@ class Blend:
             if not gaps.all():
                 total[~gaps] = self.predict_proba(x[~gaps])
             return total
-        for _, model, columns, weight in self.members:
+        for name, model, columns, weight in self.members:
             if weight > 0:
-                total += weight * np.asarray(predict_proba(model, x[:, columns]), dtype=np.float64)
+                proba = known[name] if name in known else predict_proba(model, x[:, columns])
+                total += weight * np.asarray(proba, dtype=np.float64)
         total /= total.sum(axis=1, keepdims=True)  # float32 members: exactly 1 again
         return apply_temperature(total, self.temperature)
 
@@ -225,6 +229,18 @@ def _blend_spec(archive: zipfile.ZipFile) -> dict:
     if "fallback" in spec and spec["fallback"] not in [entry["name"] for entry in members]:
         raise ValueError(f"{BLEND_MEMBER}: fallback {spec['fallback']!r} is not a member")
     return spec
+
+
+def same_member_files(path: Path, files: dict) -> list[str]:
+    """The blend's members whose stored file is byte for byte ``files[name]`` (a path):
+    what that file predicts, the member predicts."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return [entry["name"] for entry in _blend_spec(archive)["members"]
+                    if entry["name"] in files and Path(files[entry["name"]]).is_file()
+                    and archive.read(entry["file"]) == Path(files[entry["name"]]).read_bytes()]
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+        raise _not_ours(path, exc) from None
 
 
 def _load_blend(path: Path):

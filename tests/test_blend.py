@@ -228,6 +228,37 @@ def test_predict_on_the_blend_gives_what_evaluate_scores(repo, monkeypatch, tmp_
     assert comparison["reference"] in MEMBERS and "blend" in comparison["models"]
 
 
+def test_evaluate_reuses_a_members_probabilities_only_from_the_same_file(repo, monkeypatch):
+    from stages import evaluate, trees
+    from stages.model_files import family_file, load_model, predict_proba, same_member_files
+
+    repo, classes = repo
+    report = _run_blend(repo, monkeypatch)
+    blend_path = repo / "models/blend.zip"
+    paths = {family: repo / family_file(family) for family in MEMBERS}
+    stored = [name for name, weight in report["weights"].items() if weight > 0]
+    assert sorted(same_member_files(blend_path, paths)) == sorted(stored)
+    # the forest is refitted after the blend was made: the blend keeps its own forest
+    train = pd.read_parquet(repo / "data/labeled/train.parquet")
+    refit = trees.fit("forest", validate("forest", {"n_estimators": 5, "seed": 7}),
+                      train[FEATURES].to_numpy("float32"),
+                      train["label"].map(classes.index).to_numpy(), None, None, len(classes), 1)
+    trees.save(refit, paths["forest"], classes, FEATURES)
+    assert "forest" not in same_member_files(blend_path, paths)
+    scored, _ = evaluate.evaluate([*MEMBERS, "blend"], repo / "models")
+    test = pd.read_parquet(repo / "data/labeled/test.parquet")
+    blend, _, features = load_model(blend_path)
+    x = test[features].to_numpy("float32")
+    proba = predict_proba(blend, x)
+    actual = test["label"].map(classes.index).to_numpy()
+    assert scored["families"]["blend"]["accuracy"] == round(float(
+        (proba.argmax(axis=1) == actual).mean()), 5)
+    # reused probabilities give the same bits as predicting again
+    known = {name: predict_proba(load_model(paths[name])[0], test[load_model(paths[name])[2]]
+                                 .to_numpy("float32")) for name in ("softmax", "boosting")}
+    assert np.array_equal(blend.predict_proba(x, known=known), proba)
+
+
 def test_a_published_tree_family_is_a_blend_of_one_with_its_probabilities(repo, tmp_path):
     from stages import publish
     from stages.model_files import family_file, load_model, predict_proba, read_features
