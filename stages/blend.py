@@ -181,44 +181,53 @@ def fit_blend(probas: dict[str, np.ndarray], y: np.ndarray, min_weight: float) -
 
 
 def load_members(names: list[str], classes: list[str]) -> dict:
-    """{family: (model, features, file)}; a missing file or one of another class list is
-    one clear error."""
-    from stages.model_files import family_file, load_model  # noqa: PLC0415
+    """{family: (features, file)}, read without loading the models (no TensorFlow); a
+    missing file or one of another class list is one clear error."""
+    from stages.model_files import family_file, read_classes_and_features  # noqa: PLC0415
 
-    loaded = {}
+    members = {}
     for name in names:
         path = family_file(name)
-        model, member_classes, features = load_model(path)
+        member_classes, features = read_classes_and_features(path)
         if member_classes != classes:
             raise UserError(f"{path}: trained on another class list than {CLASSES_JSON} "
                             f"({len(member_classes)} classes, now {len(classes)}): "
                             "retrain it (dvc repro)")
-        loaded[name] = (model, features, path)
-    return loaded
+        members[name] = (features, path)
+    return members
+
+
+def predicted(path, features: list[str], frame) -> np.ndarray:
+    """A saved model's probabilities for ``frame``, loading it (and TensorFlow) only now."""
+    from stages.model_files import load_model, predict_proba  # noqa: PLC0415
+    from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
+
+    quiet_tensorflow()
+    return predict_proba(load_model(path)[0], frame[features].to_numpy("float32"))
 
 
 def blend(params, classes: list[str], val, final_fit: str = "train"
           ) -> tuple[dict, list, list[str], np.ndarray]:
     """(report, [(name, file, weight)] of the kept members, the blend's feature list, its
     calibrated validation probabilities)."""
-    from stages.model_files import MISSING_MEMBER, predict_proba, read_member  # noqa: PLC0415
+    from stages.model_files import MISSING_MEMBER, read_member  # noqa: PLC0415
 
-    loaded = load_members(list(params.members), classes)
+    members = load_members(list(params.members), classes)
     y = label_indices(val, classes)
-    # the members' fits on train alone (with final_fit = train+val the files have seen val)
+    # the members' fits on train alone (with final_fit = train+val the files have seen val);
+    # their train stages wrote them, so the models are loaded only for a file fitted elsewhere
     probas = {name: validation_proba(
                   name, len(val), len(classes), final_fit,
-                  lambda model=model, features=features: predict_proba(
-                      model, val[features].to_numpy("float32")))
-              for name, (model, features, _) in loaded.items()}
+                  lambda path=path, features=features: predicted(path, features, val))
+              for name, (features, path) in members.items()}
     report = {"members_considered": list(params.members), "min_weight": params.min_weight,
               **fit_blend(probas, y, params.min_weight)}
-    fallback = next((name for name, (_, _, path) in loaded.items()
+    fallback = next((name for name, (_, path) in members.items()
                      if read_member(path, MISSING_MEMBER) is not None), None)
     report["fallback"] = fallback  # answers rows with a missing feature on its own
-    kept = [(name, loaded[name][2], weight) for name, weight in report["weights"].items()
+    kept = [(name, members[name][1], weight) for name, weight in report["weights"].items()
             if weight > 0 or name == fallback]
-    used = {f for name, _, _ in kept for f in loaded[name][1]}
+    used = {f for name, _, _ in kept for f in members[name][0]}
     return report, kept, [f for f in FEATURES if f in used], blended_proba(probas, report)
 
 
@@ -251,13 +260,11 @@ def main(argv: list[str] | None = None) -> None:
         read_member,
         save_blend,
     )
-    from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args(argv)
     params = load_section(BLEND)
     final_fit = load_final_fit()
-    quiet_tensorflow()
     classes = read_classes()
     report, kept, features, val_proba = blend(params, classes, read_labeled("val"), final_fit)
     report["features"] = features

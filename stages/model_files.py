@@ -323,18 +323,28 @@ def _not_ours(path: Path, exc: Exception) -> UserError:
 
 def read_features(path: Path) -> list[str]:
     """The feature list a saved model takes, without loading the model (no TensorFlow)."""
+    return read_classes_and_features(path)[1]
+
+
+def read_classes_and_features(path: Path) -> tuple[list[str], list[str]]:
+    """The class list a saved model answers in and the feature list it takes, without
+    loading the model (no TensorFlow)."""
     path = Path(path)
     if not path.is_file():
         raise _missing_file(path)
     if path.suffix == TREE_SUFFIX:
         from stages import trees  # noqa: PLC0415
 
-        return trees.load(path, compiled=False)[2]
+        return trees.load(path, compiled=False)[1:]
     try:
         with zipfile.ZipFile(path) as archive:
-            return _features_in(archive)
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+            classes = json.loads(archive.read(CLASSES_MEMBER))
+            features = _features_in(archive)
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise ValueError(f"{CLASSES_MEMBER} is not a list of class names")
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
         raise _not_ours(path, exc) from None
+    return classes, features
 
 
 def _ranges_in(archive: zipfile.ZipFile) -> dict[str, list[float]] | None:
