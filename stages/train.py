@@ -163,7 +163,7 @@ def epoch_dataset(x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int, dr
     Only the orders and a bit mask of hidden values per row are drawn up front, 8 bytes per
     row and epoch (a copy of the rows would be 60); each batch is gathered from x inside
     TensorFlow, so no Python runs while the network trains. A per-epoch Python generator of
-    the same batches took 6.5-7.0 s an epoch against 4.1-4.6 s (MLP, 72,664 rows, 2 cores).
+    the same batches took 6.5-7.0 s an epoch against 4.1-4.6 s (MLP, the training split, 2 cores).
     """
     import tensorflow as tf  # noqa: PLC0415
 
@@ -190,11 +190,8 @@ def epoch_dataset(x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int, dr
         hidden = tf.not_equal(tf.bitwise.bitwise_and(mask[begin:end, None], bit), 0)
         return tf.where(hidden, missing, tf.gather(rows, take)), tf.gather(labels, take)
 
-    options = tf.data.Options()
-    # tf.data's autotuning thread held the end of fit() for ~20 s (idle) after the last batch
-    options.autotune.enabled = False
-    return (tf.data.Dataset.range(epochs * steps).map(batch).prefetch(2)
-            .with_options(options))
+    # with autotuning, the end of fit() also waited ~20 s (idle) after the last batch
+    return quiet_data(tf.data.Dataset.range(epochs * steps).map(batch).prefetch(2))
 
 
 def fit_network(family: str, params, x: np.ndarray, y: np.ndarray, classes, features: list[str],
