@@ -239,14 +239,6 @@ def hidden_mask(shape: tuple[int, int], rate: float, features: list[str],
     return hidden
 
 
-def hide_features(x: np.ndarray, rate: float, features: list[str],
-                  rng: np.random.Generator, together_rate: float = 0.0) -> np.ndarray:
-    """A copy of x with features set to NaN (missing), as hidden_mask draws them."""
-    out = x.copy()
-    out[hidden_mask(x.shape, rate, features, rng, together_rate)] = np.nan
-    return out
-
-
 MEMBERS = "members"  # the layer holding an ensemble's per-member probabilities (n, k, classes)
 
 

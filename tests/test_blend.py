@@ -200,6 +200,27 @@ def test_the_stage_names_a_missing_or_stale_family_file(repo, monkeypatch):
                                 "(dvc repro)")
 
 
+def test_a_network_member_with_a_damaged_class_list_is_one_clear_error(repo, monkeypatch):
+    """The stage reads a member's class list from its file without loading it: a damaged
+    one is refused there, naming the file."""
+    from stages import blend
+
+    repo, classes = repo
+    path = repo / "models/softmax.keras"
+    with zipfile.ZipFile(path) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    entries["classes.json"] = json.dumps({"jazz": 1}).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    monkeypatch.chdir(repo)
+    with pytest.raises(UserError) as error:
+        blend.blend(validate("blend", {"members": ["softmax", "forest"]}), classes,
+                    pd.read_parquet("data/labeled/val.parquet"))
+    assert str(error.value) == ("models/softmax.keras: not a model saved by this project "
+                                "(classes.json is not a list of class names)")
+
+
 def test_predict_on_the_blend_gives_what_evaluate_scores(repo, monkeypatch, tmp_path):
     from stages import evaluate
     from stages.model_files import load_model, predict_proba

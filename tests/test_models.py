@@ -296,15 +296,16 @@ def test_an_unmasked_mlp_does_not_claim_to_take_missing_features(frames):
 
 def test_hidden_features_follow_the_rates_and_the_seed():
     x = np.ones((20000, len(FEATURES)), dtype="float32")
-    hidden = np.isnan(models.hide_features(x, 0.1, FEATURES, np.random.default_rng(0), 0.5))
+    hidden = models.hidden_mask(x.shape, 0.1, FEATURES, np.random.default_rng(0), 0.5)
     api = [FEATURES.index("popularity"), FEATURES.index("explicit")]
     others = [i for i in range(len(FEATURES)) if i not in api]
     assert hidden[:, others].mean() == pytest.approx(0.1, abs=0.01)
     both = hidden[:, api].all(axis=1).mean()  # 0.5 together, plus 0.1 * 0.1 by chance
     assert both == pytest.approx(0.5 + 0.5 * 0.01, abs=0.015)
-    again = np.isnan(models.hide_features(x, 0.1, FEATURES, np.random.default_rng(0), 0.5))
+    again = models.hidden_mask(x.shape, 0.1, FEATURES, np.random.default_rng(0), 0.5)
     assert np.array_equal(hidden, again)
-    assert not np.isnan(x).any()  # the input is left alone
+    rows, _ = train.masked_epoch(x, np.arange(len(x)), 0, 0.1, FEATURES, seed=0)
+    assert np.isnan(rows).any() and not np.isnan(x).any()  # the input is left alone
 
 
 def test_calibration_scales_probabilities_but_never_changes_the_answer(frames):
