@@ -367,9 +367,7 @@ def fit_forest(z: np.ndarray, y: np.ndarray, n_classes: int, inputs: str, seed: 
     if saved:
         from stages import trees  # noqa: PLC0415
 
-        model = trees.fit_forest(params, z, y, n_classes, n_jobs=n_jobs)
-        model.sklearn_version = trees.sklearn_version()
-        return model
+        return trees.fit_forest(params, z, y, n_classes, n_jobs=n_jobs)
     from sklearn.ensemble import RandomForestClassifier  # noqa: PLC0415
 
     forest = RandomForestClassifier(n_estimators=params.n_estimators,

@@ -141,8 +141,11 @@ class ForestParams(Section):
 
 
 class BoostingParams(Section):
-    """scikit-learn HistGradientBoostingClassifier, early stopping on the validation loss."""
+    """Gradient-boosted trees, early stopping on the validation loss: LightGBM, or
+    scikit-learn's HistGradientBoostingClassifier (the same params, the same meaning)."""
 
+    # lightgbm: a fit about half as long, as accurate on validation (docs/results.md)
+    library: Literal["lightgbm", "scikit-learn"] = "lightgbm"
     learning_rate: float = Field(0.1, gt=0, le=1)
     max_leaf_nodes: int = Field(63, ge=2)
     min_samples_leaf: int = Field(40, ge=1)

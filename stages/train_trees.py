@@ -71,7 +71,7 @@ def fit_calibrated(family: str, params, train_frame, val_frame, classes: list[st
         "val_accuracy": round(float((top_class(val_proba) == y_val).mean()), 5),
         "trees": int(model.n_trees),
         "train_seconds": round(seconds, 1),
-        "sklearn_version": model.sklearn_version,  # recorded in the model file too
+        "fitted_with": model.fitted_with,  # library and version, in the model file too
         "temperature": temperature,
         "val_ece_raw": round(calibration.expected_calibration_error(val_proba, y_val), 5),
     }

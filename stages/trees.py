@@ -1,8 +1,9 @@
 """Tree-model families: a random forest and gradient-boosted trees, as pure functions.
 
-``fit`` trains scikit-learn's RandomForestClassifier ("forest") or
-HistGradientBoostingClassifier ("boosting", early stopping on the validation
-split) and converts it to a compact predictor of plain arrays; ``save`` writes
+``fit`` trains scikit-learn's RandomForestClassifier ("forest") or gradient-boosted
+trees ("boosting", early stopping on the validation split; LightGBM, or scikit-learn's
+HistGradientBoostingClassifier with ``boosting.library``) and converts them to a
+compact predictor of plain arrays; ``save`` writes
 those arrays, the class list and the feature names as one ``.npz``, and
 ``load`` reads it back with ``np.load(allow_pickle=False)`` and checks every
 index before use. A model file from a DVC remote therefore executes no code
@@ -17,7 +18,11 @@ children as offsets from the node, and where a NaN goes. Leaves differ:
   the fractions scikit-learn keeps, so the forest's probabilities equal the
   fitted RandomForestClassifier's bit for bit.
 * boosting: one float64 value per leaf; tree t adds to class t % n_classes,
-  on top of a per-class baseline, then softmax (as scikit-learn does).
+  on top of a per-class baseline (zero for LightGBM, which folds it into the first
+  trees), then softmax (as scikit-learn and LightGBM do). LightGBM's trees become the
+  same layout: its decision "x <= threshold, NaN by the split's missing type" is
+  exactly this one's, so a converted model gives LightGBM's probabilities (up to the
+  order of float additions) and predicting never needs LightGBM.
 
 The trees are walked by scikit-learn's compiled HistGradientBoosting tree walk
 (fed only arrays that passed the checks) or by numpy; both reach the same
@@ -25,7 +30,7 @@ leaves. The compiled walk is private scikit-learn code, so it is trusted only
 after it has answered a few probe rows (built from the model's own thresholds,
 NaN included) exactly as the numpy walk does; any failure of it (missing,
 changed signature or record layout, any exception, a different answer) means the
-numpy walk. The file records the scikit-learn version that fitted the model.
+numpy walk. The file records the library and version that fitted the model.
 
 Two optional entries travel with a model: ``ranges`` (each feature's training
 min and max, for plausibility checks on input) and ``temperature`` (T > 0,
@@ -139,6 +144,13 @@ def sklearn_version() -> str:
     return str(sklearn.__version__)
 
 
+def fitted_with(library: str = "scikit-learn") -> str:
+    """What a model file records as its maker: library and version."""
+    if library == "lightgbm":
+        return f"lightgbm {_import_lightgbm().__version__}"
+    return f"scikit-learn {sklearn_version()}"
+
+
 class _Trees:
     """Many binary trees in flat arrays, walked by scikit-learn's compiled tree walk
     (one tree at a time over all rows) or, without it, by numpy over (row, tree) pairs."""
@@ -162,7 +174,7 @@ class _Trees:
         self.is_leaf = arrays["feature"] < 0
         self._setup_leaves(arrays)
         # metadata: set by fit() or read by load(), written by save()
-        self.sklearn_version: str | None = None  # the version that fitted the trees
+        self.fitted_with: str | None = None  # the library and version that fitted the trees
         self.temperature = 1.0
         self.ranges: dict[str, tuple[float, float]] | None = None
         self.walk = None  # (compiled walk, record dtype) once trusted; None: the numpy walk
@@ -225,7 +237,7 @@ class _Trees:
         self.walk = None
         self.walk_problem = problem
         self._cache.clear()
-        written = f", model fitted with {self.sklearn_version}" if self.sklearn_version else ""
+        written = f", model fitted with {self.fitted_with}" if self.fitted_with else ""
         print(f"note: scikit-learn {sklearn_version()}'s compiled tree walk {problem}"
               f"{written}; using the numpy walk (same answers, slower)", file=sys.stderr)
 
@@ -450,23 +462,34 @@ def fit_forest(params: ForestParams, x_train, y_train, n_classes: int, n_jobs: i
     arrays = _concat(parts, NODE_KEYS[1:] + LEAF_KEYS["forest"])
     for key in LEAF_KEYS["forest"]:
         arrays[key] = _small_uint(arrays[key])
-    return Forest(arrays, n_classes, x_train.shape[1])
+    model = Forest(arrays, n_classes, x_train.shape[1])
+    model.fitted_with = fitted_with()
+    return model
 
 
 def fit_boosting(params: BoostingParams, x_train, y_train, x_val, y_val, n_classes: int,
                  n_jobs: int = 2) -> Boosting:
-    """Fit HistGradientBoostingClassifier; keep the rounds up to the best validation loss
-    (without a validation split: all ``params.max_rounds`` rounds, e.g. a refit for the
-    rounds an earlier fit chose)."""
-    from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: PLC0415
-    from threadpoolctl import threadpool_limits  # noqa: PLC0415
-
-    if n_classes < 3:  # scikit-learn fits one logistic tree per round for two classes
+    """Fit gradient-boosted trees with ``params.library``; keep the rounds up to the best
+    validation loss (without a validation split: all ``params.max_rounds`` rounds, e.g. a
+    refit for the rounds an earlier fit chose)."""
+    if n_classes < 3:  # both libraries fit one logistic tree per round for two classes
         raise UserError(f"boosting needs at least 3 classes, got {n_classes}")
     if len(np.unique(y_train)) != n_classes:
         # one raw score per class seen in training: a class it never saw has no trees
         raise UserError(f"boosting needs training rows of all {n_classes} classes, "
                         f"got {len(np.unique(y_train))}")
+    fit_library = _fit_lightgbm if params.library == "lightgbm" else _fit_hist_gradient_boosting
+    arrays = fit_library(params, x_train, y_train, x_val, y_val, n_classes, n_jobs)
+    model = Boosting(arrays, n_classes, x_train.shape[1])
+    model.fitted_with = fitted_with(params.library)
+    return model
+
+
+def _fit_hist_gradient_boosting(params: BoostingParams, x_train, y_train, x_val, y_val,
+                                n_classes: int, n_jobs: int) -> dict[str, np.ndarray]:
+    from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: PLC0415
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+
     model = HistGradientBoostingClassifier(
         learning_rate=params.learning_rate, max_iter=params.max_rounds,
         max_leaf_nodes=params.max_leaf_nodes, min_samples_leaf=params.min_samples_leaf,
@@ -494,7 +517,115 @@ def fit_boosting(params: BoostingParams, x_train, y_train, x_val, y_val, n_class
         parts.append(part)
     arrays = _concat(parts, NODE_KEYS[1:] + ("leaf_value",))
     arrays["baseline"] = np.asarray(model._baseline_prediction, dtype=np.float64).ravel()
-    return Boosting(arrays, n_classes, x_train.shape[1])
+    return arrays
+
+
+def _import_lightgbm():
+    try:
+        import lightgbm  # noqa: PLC0415
+    except (ImportError, OSError) as exc:  # OSError: its OpenMP runtime is missing
+        reason = " ".join(str(exc).split())[:200]
+        raise UserError(
+            f"boosting.library = lightgbm: LightGBM cannot be imported ({reason}); install "
+            "it with `pip install -r requirements.txt` (macOS also needs `brew install "
+            "libomp`) or set boosting.library: scikit-learn") from None
+    return lightgbm
+
+
+def lightgbm_settings(params: BoostingParams, n_classes: int, n_jobs: int) -> dict:
+    """The section's params in LightGBM's names (the same meaning as scikit-learn's)."""
+    return {
+        "objective": "multiclass", "num_class": n_classes, "metric": "multi_logloss",
+        "learning_rate": params.learning_rate, "num_leaves": params.max_leaf_nodes,
+        "min_data_in_leaf": params.min_samples_leaf, "lambda_l2": params.l2_regularization,
+        "seed": params.seed, "num_threads": n_jobs,
+        # the same model from the same params and data on every run
+        "deterministic": True, "force_row_wise": True, "verbose": -1,
+    }
+
+
+def _fit_lightgbm(params: BoostingParams, x_train, y_train, x_val, y_val, n_classes: int,
+                  n_jobs: int) -> dict[str, np.ndarray]:
+    lightgbm = _import_lightgbm()
+    settings = lightgbm_settings(params, n_classes, n_jobs)
+    train_set = lightgbm.Dataset(x_train, y_train, params=settings)
+    if x_val is None:
+        booster = lightgbm.train(settings, train_set, num_boost_round=params.max_rounds)
+        rounds = booster.current_iteration()
+    else:
+        val_set = lightgbm.Dataset(x_val, y_val, reference=train_set, params=settings)
+        booster = lightgbm.train(
+            settings, train_set, num_boost_round=params.max_rounds, valid_sets=[val_set],
+            callbacks=[lightgbm.early_stopping(params.patience, verbose=False)])
+        rounds = booster.best_iteration  # the round with the lowest validation loss
+    return lightgbm_arrays(booster.model_to_string(num_iteration=rounds), n_classes)
+
+
+def _model_text_trees(text: str) -> list[dict[str, str]]:
+    """Each tree's ``key=value`` lines from LightGBM's text model format."""
+    found: list[dict[str, str]] = []
+    tree = None
+    for line in text.splitlines():
+        if line.startswith("Tree="):
+            tree = {}
+            found.append(tree)
+        elif line.startswith("end of trees"):
+            break
+        elif tree is not None and "=" in line:
+            key, value = line.split("=", 1)
+            tree[key] = value
+    return found
+
+
+def lightgbm_arrays(text: str, n_classes: int) -> dict[str, np.ndarray]:
+    """A LightGBM multiclass model (its text format) in this module's boosting layout.
+
+    LightGBM lists a tree's inner nodes, then refers to leaf k as child ~k; here a
+    tree's leaves follow its inner nodes. A split's decision_type holds whether it is
+    categorical (bit 0, refused), where NaN goes (bit 1) and the missing type (bits 2-3):
+    NaN (NaN takes the default side), None (NaN is compared as 0.0) or Zero (refused:
+    only with zero_as_missing, which this project does not set).
+    """
+    parts = []
+    for tree in _model_text_trees(text):
+        leaf_value = np.array(tree["leaf_value"].split(), dtype=np.float64)
+        n_leaves = int(tree["num_leaves"])
+        n_inner = n_leaves - 1
+        if n_inner == 0:  # no split: one leaf
+            part = _node_arrays(np.array([True]), *np.zeros((4, 1), dtype=np.int64),
+                                np.zeros(1, dtype=bool))
+        else:
+            def column(key, dtype):
+                return np.array(tree[key].split(), dtype=dtype)
+
+            decision = column("decision_type", np.int64)
+            if (decision & 1).any():
+                raise ValueError("categorical splits are not supported")
+            missing_type = (decision >> 2) & 3
+            if (missing_type == 1).any():
+                raise ValueError("zero-as-missing splits are not supported")
+            threshold = column("threshold", np.float64)
+            missing_left = np.where(missing_type == 2, (decision & 2) != 0, threshold >= 0.0)
+
+            def node(child):  # a leaf ~k follows the inner nodes
+                return np.where(child >= 0, child, n_inner + ~child)
+
+            def padded(values):  # leaves get placeholders: _node_arrays clears them
+                return np.concatenate([values, np.zeros(n_leaves, dtype=values.dtype)])
+
+            leaf = np.arange(n_inner + n_leaves) >= n_inner
+            part = _node_arrays(leaf, padded(column("split_feature", np.int64)),
+                                padded(threshold), padded(node(column("left_child", np.int64))),
+                                padded(node(column("right_child", np.int64))),
+                                padded(missing_left))
+        part["leaf_value"] = leaf_value
+        parts.append(part)
+    if not parts or len(parts) % n_classes:
+        raise ValueError(f"{len(parts)} LightGBM trees is not a whole number of rounds "
+                         f"of {n_classes} classes")
+    arrays = _concat(parts, NODE_KEYS[1:] + ("leaf_value",))
+    arrays["baseline"] = np.zeros(n_classes)  # LightGBM adds its start to the first trees
+    return arrays
 
 
 def fit(family: str, params, x_train, y_train, x_val, y_val, n_classes: int, n_jobs: int = 2):
@@ -510,17 +641,14 @@ def fit(family: str, params, x_train, y_train, x_val, y_val, n_classes: int, n_j
     if y_train.size and (y_train.min() < 0 or y_train.max() >= n_classes):
         raise UserError(f"labels must be class indices 0..{n_classes - 1}")
     if family == "forest":
-        model = fit_forest(params, x_train, y_train, n_classes, n_jobs)
-    elif family == "boosting":
+        return fit_forest(params, x_train, y_train, n_classes, n_jobs)
+    if family == "boosting":
         if (x_val is None) != (y_val is None):
             raise ValueError("boosting's validation split needs both features and labels")
         if x_val is not None:
             x_val, y_val = np.asarray(x_val, dtype=np.float32), np.asarray(y_val, dtype=np.int64)
-        model = fit_boosting(params, x_train, y_train, x_val, y_val, n_classes, n_jobs)
-    else:
-        raise UserError(f"unknown tree family {family!r}: {', '.join(TREE_FAMILIES)}")
-    model.sklearn_version = sklearn_version()
-    return model
+        return fit_boosting(params, x_train, y_train, x_val, y_val, n_classes, n_jobs)
+    raise UserError(f"unknown tree family {family!r}: {', '.join(TREE_FAMILIES)}")
 
 
 # --- files --------------------------------------------------------------------------------
@@ -568,8 +696,8 @@ def save(model: _Trees, path: str | Path, classes: list[str], features: list[str
         "temperature": np.array(temperature, dtype=np.float64),
         **model.arrays,
     }
-    if model.sklearn_version:  # unknown only for a model read from a file without it
-        arrays["sklearn_version"] = np.array(model.sklearn_version)
+    if model.fitted_with:  # unknown only for a model read from a file without it
+        arrays["fitted_with"] = np.array(model.fitted_with)
     if ranges:
         ranges = _checked_ranges(ranges, list(features))
         arrays["range_features"] = np.array(list(ranges), dtype=str)
@@ -592,9 +720,11 @@ def _scalar(arrays: dict, key: str, kind: str):
 
 def _metadata(arrays: dict, features: list[str]) -> dict:
     """The optional entries (absent from files written before them): defaults when absent."""
-    found = {"sklearn_version": None, "temperature": 1.0, "ranges": None}
-    if "sklearn_version" in arrays:
-        found["sklearn_version"] = str(_scalar(arrays, "sklearn_version", "U"))
+    found = {"fitted_with": None, "temperature": 1.0, "ranges": None}
+    if "fitted_with" in arrays:
+        found["fitted_with"] = str(_scalar(arrays, "fitted_with", "U"))
+    elif "sklearn_version" in arrays:  # files written before LightGBM could fit boosting
+        found["fitted_with"] = f"scikit-learn {_scalar(arrays, 'sklearn_version', 'U')}"
     if "temperature" in arrays:
         found["temperature"] = _checked_temperature(_scalar(arrays, "temperature", "f"))
     if "ranges" in arrays or "range_features" in arrays:

@@ -40,9 +40,14 @@ def fit(family, data, **overrides):
     return trees.fit(family, params, x_train, y_train, x_val, y_val, len(classes), n_jobs=1)
 
 
-@pytest.fixture(scope="module", params=trees.TREE_FAMILIES)
+# boosting by LightGBM (the default) and by scikit-learn: one file layout, one walk
+FITTED = {"forest": {}, "boosting": {}, "boosting-sklearn": {"library": "scikit-learn"}}
+
+
+@pytest.fixture(scope="module", params=list(FITTED))
 def fitted(request, data):
-    return request.param, fit(request.param, data)
+    family = request.param.split("-")[0]
+    return family, fit(family, data, **FITTED[request.param])
 
 
 def test_families_and_default_params():
@@ -122,10 +127,11 @@ def test_wrong_input_width_is_refused(fitted, data):
         model.predict_proba(data[2][:, :14])
 
 
-@pytest.mark.parametrize("family", trees.TREE_FAMILIES)
-def test_same_seed_same_probabilities(family, data):
+@pytest.mark.parametrize("name", list(FITTED))
+def test_same_seed_same_probabilities(name, data):
     x_val = data[2]
-    first, second = fit(family, data), fit(family, data)
+    family = name.split("-")[0]
+    first, second = fit(family, data, **FITTED[name]), fit(family, data, **FITTED[name])
     np.testing.assert_array_equal(first.predict_proba(x_val), second.predict_proba(x_val))
 
 
@@ -267,7 +273,8 @@ def test_boosting_equals_scikit_learn_up_to_the_best_round(data):
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     x_train, y_train, x_val, y_val, classes = data
-    model = fit("boosting", data, learning_rate=0.5, max_rounds=40, patience=3)
+    model = fit("boosting", data, library="scikit-learn", learning_rate=0.5, max_rounds=40,
+                patience=3)
     reference = HistGradientBoostingClassifier(
         learning_rate=0.5, max_iter=40, max_leaf_nodes=7, min_samples_leaf=5,
         l2_regularization=5.0, early_stopping=True, n_iter_no_change=3, random_state=42)
@@ -280,17 +287,94 @@ def test_boosting_equals_scikit_learn_up_to_the_best_round(data):
     np.testing.assert_allclose(model.predict_proba(x), expected, rtol=1e-12, atol=1e-15)
 
 
-def test_boosting_needs_every_class_in_training(data):
+def _missing_types(text: str) -> set[str]:
+    names = {0: "None", 1: "Zero", 2: "NaN"}
+    return {names[(int(d) >> 2) & 3] for tree in trees._model_text_trees(text)
+            for d in tree.get("decision_type", "").split()}
+
+
+def test_boosting_equals_lightgbm_up_to_the_best_round(data):
+    """LightGBM's trees, converted: its probabilities at its best validation round, NaN
+    included both where training saw NaN (NaN takes the split's default side) and where
+    it did not (NaN is compared as 0.0), and rows exactly at its thresholds."""
+    import lightgbm
+
+    x_train, y_train, x_val, y_val, classes = data
+    x_train = x_train.copy()
+    x_train[::5, 4] = np.nan  # feature 4's splits learn where NaN goes
+    params = BoostingParams(**{**TINY["boosting"], "learning_rate": 0.5, "max_rounds": 40,
+                               "patience": 3})
+    model = trees.fit("boosting", params, x_train, y_train, x_val, y_val, len(classes), 1)
+    settings = trees.lightgbm_settings(params, len(classes), 1)
+    train_set = lightgbm.Dataset(x_train, y_train)
+    history = {}
+    reference = lightgbm.train(
+        settings, train_set, num_boost_round=40,
+        valid_sets=[lightgbm.Dataset(x_val, y_val, reference=train_set)],
+        callbacks=[lightgbm.early_stopping(3, verbose=False),
+                   lightgbm.record_evaluation(history)])
+    best = reference.best_iteration
+    losses = history["valid_0"]["multi_logloss"]
+    assert 1 <= model.rounds == best < len(losses) < 40  # it did stop early and cut back
+    assert losses[best - 1] == min(losses)
+    assert _missing_types(reference.model_to_string(num_iteration=best)) == {"None", "NaN"}
+    x = np.concatenate([x_val, model.probe_rows()])
+    x[::3, 4] = np.nan
+    x[1::4, :] = np.nan
+    expected = reference.predict(x, num_iteration=best)
+    np.testing.assert_allclose(model.predict_proba(x), expected, rtol=1e-12, atol=1e-15)
+
+
+def test_a_lightgbm_round_without_a_split_converts(data):
+    x_train, y_train, _, _, classes = data
+    params = BoostingParams(**{**TINY["boosting"], "min_samples_leaf": len(x_train)})
+    model = trees.fit("boosting", params, x_train, y_train, None, None, len(classes), 1)
+    assert model.n_trees == len(classes) and (model.arrays["tree_nodes"] == 1).all()
+    proba = model.predict_proba(data[2])  # the class shares: the same for every row
+    np.testing.assert_allclose(proba, proba[:1].repeat(len(proba), axis=0))
+    np.testing.assert_allclose(proba[0], np.bincount(y_train) / len(y_train), rtol=1e-6)
+
+
+@pytest.mark.parametrize("decision, match", [(1, "categorical"), (4, "zero-as-missing")])
+def test_lightgbm_splits_it_cannot_represent_are_refused(decision, match, data):
+    import lightgbm
+
+    x_train, y_train, _, _, classes = data
+    params = BoostingParams(**{**TINY["boosting"], "max_rounds": 2})
+    booster = lightgbm.train(trees.lightgbm_settings(params, len(classes), 1),
+                             lightgbm.Dataset(x_train, y_train), num_boost_round=2)
+    text = booster.model_to_string()
+    trees.lightgbm_arrays(text, len(classes))  # as it is: converts
+    changed = text.replace("decision_type=", f"decision_type={decision} ", 1)
+    with pytest.raises(ValueError, match=match):
+        trees.lightgbm_arrays(changed, len(classes))
+    with pytest.raises(ValueError, match="not a whole number of rounds"):
+        trees.lightgbm_arrays(text, len(classes) + 1)
+
+
+def test_without_lightgbm_the_fit_is_one_clear_error(data, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lightgbm", None)  # import lightgbm: ImportError
+    with pytest.raises(UserError) as excinfo:
+        fit("boosting", data)
+    message = str(excinfo.value)
+    assert message.startswith("boosting.library = lightgbm: LightGBM cannot be imported")
+    assert "set boosting.library: scikit-learn" in message and "\n" not in message
+    assert fit("boosting", data, library="scikit-learn").fitted_with.startswith("scikit-learn")
+
+
+@pytest.mark.parametrize("library", ["lightgbm", "scikit-learn"])
+def test_boosting_needs_every_class_in_training(library, data):
     x_train, y_train, x_val, y_val, classes = data
     keep = y_train != 2
-    params = BoostingParams(**TINY["boosting"])
+    params = BoostingParams(**TINY["boosting"], library=library)
     with pytest.raises(UserError, match="all 6 classes"):
         trees.fit("boosting", params, x_train[keep], y_train[keep], x_val, y_val, len(classes))
 
 
-def test_boosting_without_a_validation_split_fits_every_round(data):
+@pytest.mark.parametrize("library", ["lightgbm", "scikit-learn"])
+def test_boosting_without_a_validation_split_fits_every_round(library, data):
     x_train, y_train, x_val, _, classes = data
-    params = BoostingParams(**{**TINY["boosting"], "max_rounds": 4})
+    params = BoostingParams(**{**TINY["boosting"], "max_rounds": 4, "library": library})
     model = trees.fit("boosting", params, x_train, y_train, None, None, len(classes), n_jobs=1)
     assert model.n_trees == 4 * len(classes)  # a refit for the rounds an earlier fit chose
     with pytest.raises(ValueError, match="validation split needs both"):
@@ -441,40 +525,51 @@ def test_a_walk_that_agrees_is_used(fitted, data, tmp_path):
 # --- what the file records ----------------------------------------------------------------
 
 
-def test_file_records_the_scikit_learn_version(fitted, data, tmp_path, monkeypatch):
+def _library_version(model) -> str:
+    import lightgbm
     import sklearn
 
+    if model.family == "boosting" and model.fitted_with.startswith("lightgbm"):
+        return f"lightgbm {lightgbm.__version__}"
+    return f"scikit-learn {sklearn.__version__}"
+
+
+def test_file_records_the_library_that_fitted_it(fitted, data, tmp_path, monkeypatch):
     family, model = fitted
-    assert model.sklearn_version == sklearn.__version__
+    assert model.fitted_with == _library_version(model)
     path = _saved(fitted, data, tmp_path)
     with np.load(path, allow_pickle=False) as archive:
-        assert archive["sklearn_version"].item() == sklearn.__version__
+        assert archive["fitted_with"].item() == model.fitted_with
     # a model from another version loads, after the probe of the compiled walk
     with np.load(path, allow_pickle=False) as archive:
         arrays = {k: archive[k] for k in archive.files}
-    np.savez(tmp_path / "other.npz", **{**arrays, "sklearn_version": np.array("0.99.0")})
+    np.savez(tmp_path / "other.npz", **{**arrays, "fitted_with": np.array("scikit-learn 0.99")})
     probes = []
     real_check = trees._Trees._check_walk
     monkeypatch.setattr(trees._Trees, "_check_walk", lambda self: probes.append(
-        self.sklearn_version) or real_check(self))
+        self.fitted_with) or real_check(self))
     loaded = trees.load(tmp_path / "other.npz")[0]
-    assert probes == ["0.99.0"] and loaded.sklearn_version == "0.99.0"
+    assert probes == ["scikit-learn 0.99"] and loaded.fitted_with == "scikit-learn 0.99"
     np.testing.assert_array_equal(loaded.predict_proba(data[2]), model.predict_proba(data[2]))
 
 
-def test_train_summary_reports_the_scikit_learn_version(data):
+@pytest.mark.parametrize("family, library", [("forest", "scikit-learn"),
+                                             ("boosting", "lightgbm"),
+                                             ("boosting", "scikit-learn")])
+def test_train_summary_reports_the_library_that_fitted_it(family, library, data):
     import pandas as pd
-    import sklearn
 
     from stages import train_trees
 
     x_train, y_train, x_val, y_val, classes = data
     frame = lambda x, y: pd.DataFrame(x, columns=FEATURES).assign(  # noqa: E731
         label=np.asarray(classes)[y])
-    _, summary = train_trees.train("forest", ForestParams(**TINY["forest"]),
-                                   frame(x_train, y_train), frame(x_val, y_val), classes,
-                                   FEATURES, n_jobs=1)
-    assert summary["sklearn_version"] == sklearn.__version__
+    params = trees.PARAMS[family](**TINY[family],
+                                  **({"library": library} if family == "boosting" else {}))
+    model, summary = train_trees.train(family, params, frame(x_train, y_train),
+                                       frame(x_val, y_val), classes, FEATURES, n_jobs=1)
+    assert summary["fitted_with"] == model.fitted_with == _library_version(model)
+    assert summary["fitted_with"].startswith(library + " ")
 
 
 def test_files_written_before_the_metadata_still_load(fitted, data, tmp_path):
@@ -482,11 +577,14 @@ def test_files_written_before_the_metadata_still_load(fitted, data, tmp_path):
     path = _saved(fitted, data, tmp_path)
     with np.load(path, allow_pickle=False) as archive:
         old = {k: archive[k] for k in archive.files
-               if k not in ("sklearn_version", "temperature", "ranges", "range_features")}
+               if k not in ("fitted_with", "temperature", "ranges", "range_features")}
     np.savez(tmp_path / "old.npz", **old)
     loaded = trees.load(tmp_path / "old.npz")[0]
-    assert (loaded.sklearn_version, loaded.temperature, loaded.ranges) == (None, 1.0, None)
+    assert (loaded.fitted_with, loaded.temperature, loaded.ranges) == (None, 1.0, None)
     np.testing.assert_array_equal(loaded.predict_proba(data[2]), model.predict_proba(data[2]))
+    # before LightGBM, files named only the scikit-learn version
+    np.savez(tmp_path / "older.npz", **old, sklearn_version=np.array("1.5.2"))
+    assert trees.load(tmp_path / "older.npz")[0].fitted_with == "scikit-learn 1.5.2"
 
 
 def _with(path: Path, tmp_path: Path, name: str, **change) -> Path:
@@ -699,5 +797,5 @@ def test_both_walks_give_the_same_bits_with_many_classes():
     model = trees.fit("boosting", params, x, y, x[:500], y[:500], 40, 1)
     assert model.walk is not None, model.walk_problem
     plain = trees.Boosting(model.arrays, 40, 4, compiled=False)
-    plain.sklearn_version = model.sklearn_version
+    plain.fitted_with = model.fitted_with
     assert np.array_equal(model.predict_proba(x[:200]), plain.predict_proba(x[:200]))
