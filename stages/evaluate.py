@@ -223,6 +223,7 @@ def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train") 
     from stages.model_files import (  # noqa: PLC0415
         Blend,
         family_file,
+        is_blend,
         load_model,
         predict_proba,
         read_features,
@@ -241,11 +242,14 @@ def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train") 
     report = {"families": {}}
     curves, right, val_accuracy, probas = {}, {}, {}, {}
     for family, path in paths.items():  # one model in memory at a time
-        model, classes, features = load_model(path)
+        # a blend member that is byte for byte a family scored above is neither loaded nor
+        # run again: its test probabilities are that family's
+        known = ({name: probas[name] for name in same_member_files(path, paths)
+                  if name in probas} if is_blend(path) else {})
+        model, classes, features = load_model(path, unloaded=known)
         x = test[features].to_numpy("float32")  # its own features
-        if isinstance(model, Blend):  # a member that is a family scored above is not re-run
-            proba = model.predict_proba(x, known={
-                name: probas[name] for name in same_member_files(path, paths) if name in probas})
+        if isinstance(model, Blend):
+            proba = model.predict_proba(x, known=known)
         else:
             proba = predict_proba(model, x)
         probas[family] = proba

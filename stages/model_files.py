@@ -164,8 +164,9 @@ class Blend:
     ``fallback`` member alone (a network that takes missing features), when there is one."""
 
     def __init__(self, members: list, n_classes: int, temperature: float = 1.0,
-                 fallback: str | None = None):
+                 fallback: str | None = None, unloaded: dict | None = None):
         self.members = members
+        self.unloaded = unloaded or {}  # {name: (file name, bytes)} of members with model None
         self.n_classes = n_classes
         self.temperature = temperature
         self.fallback = fallback
@@ -188,16 +189,34 @@ class Blend:
         gaps = np.isnan(x).any(axis=1)
         if gaps.any() and self.fallback is not None:
             _, model, columns, _ = next(m for m in self.members if m[0] == self.fallback)
-            total[gaps] = predict_proba(model, x[gaps][:, columns])
+            total[gaps] = self._predict(self.fallback, model, x[gaps][:, columns])
             if not gaps.all():
                 total[~gaps] = self.predict_proba(x[~gaps])
             return total
         for name, model, columns, weight in self.members:
             if weight > 0:
-                proba = known[name] if name in known else predict_proba(model, x[:, columns])
+                proba = known[name] if name in known else self._predict(name, model,
+                                                                        x[:, columns])
                 total += weight * np.asarray(proba, dtype=np.float64)
         total /= total.sum(axis=1, keepdims=True)  # float32 members: exactly 1 again
         return apply_temperature(total, self.temperature)
+
+
+    def _predict(self, name: str, model, x):
+        if model is None:  # left unloaded by load_model(..., unloaded=...): load it now
+            model = self._load_member(name)
+        return predict_proba(model, x)
+
+    def _load_member(self, name: str):
+        import tempfile  # noqa: PLC0415
+
+        file_name, content = self.unloaded.pop(name)
+        with tempfile.TemporaryDirectory() as tmp:
+            member_path = Path(tmp) / file_name
+            member_path.write_bytes(content)
+            model = load_model(member_path)[0]
+        self.members = [(n, model if n == name else m, c, w) for n, m, c, w in self.members]
+        return model
 
 
 def _blend_spec(archive: zipfile.ZipFile) -> dict:
@@ -243,8 +262,11 @@ def same_member_files(path: Path, files: dict) -> list[str]:
         raise _not_ours(path, exc) from None
 
 
-def _load_blend(path: Path):
-    """(Blend, classes, features): every member loaded from its own file in the zip."""
+def _load_blend(path: Path, unloaded=()):
+    """(Blend, classes, features): every member loaded from its own file in the zip, except
+    those named in ``unloaded``: their class and feature lists are checked like the rest,
+    and the model is loaded only if it is asked to predict (the caller has their
+    probabilities for the rows it cares about: Blend.predict_proba's ``known``)."""
     import tempfile  # noqa: PLC0415
 
     import numpy as np  # noqa: PLC0415
@@ -263,7 +285,7 @@ def _load_blend(path: Path):
                 contents[entry["file"]] = archive.read(entry["file"])
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
         raise _not_ours(path, exc) from None
-    members = []
+    members, left = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for entry in spec["members"]:
             where = f"{path}: blend member {entry['file']}"
@@ -272,7 +294,12 @@ def _load_blend(path: Path):
             if is_blend(member_path):
                 raise UserError(f"{where}: a blend inside a blend")
             try:
-                model, member_classes, member_features = load_model(member_path)
+                if entry["name"] in unloaded:
+                    model = None
+                    member_classes, member_features = read_classes_and_features(member_path)
+                    left[entry["name"]] = (member_path.name, contents[entry["file"]])
+                else:
+                    model, member_classes, member_features = load_model(member_path)
             except UserError as exc:  # name the blend and its member, not the temp file
                 raise UserError(f"{where}: {str(exc).removeprefix(f'{member_path}: ')}") from None
             if member_classes != classes:
@@ -285,8 +312,8 @@ def _load_blend(path: Path):
                                 f"{', '.join(unknown)}")
             columns = np.array([features.index(f) for f in member_features])
             members.append((entry["name"], model, columns, float(entry["weight"])))
-    return (Blend(members, len(classes), float(spec["temperature"]), spec.get("fallback")),
-            classes, features)
+    return (Blend(members, len(classes), float(spec["temperature"]), spec.get("fallback"),
+                  left), classes, features)
 
 
 def read_member(path: Path, name: str):
@@ -378,11 +405,12 @@ def read_ranges(path: Path) -> dict[str, list[float]] | None:
         raise _not_ours(path, exc) from None
 
 
-def load_model(path: Path):
+def load_model(path: Path, unloaded=()):
     """Load a saved model: (model, class list, feature list); a clear error when missing or broken.
 
     A tree family's ``.npz`` is read with ``np.load(allow_pickle=False)`` and checked; a
-    blend loads each of its members this way and checks that they share its class list.
+    blend loads each of its members this way and checks that they share its class list
+    (members named in ``unloaded`` are only checked: see _load_blend).
 
     Keras' loader runs in safe mode (the default): a file with Python lambdas or
     custom objects is refused, so a model pulled from a remote executes no code of its own.
@@ -395,7 +423,7 @@ def load_model(path: Path):
 
         return trees.load(path)
     if is_blend(path):
-        return _load_blend(path)
+        return _load_blend(path, unloaded)
     import keras  # noqa: PLC0415 - callers run stages.tf_setup.quiet_tensorflow() first
 
     try:

@@ -60,7 +60,8 @@ def fit_calibrated(family: str, params, train_frame, val_frame, classes: list[st
     started = time.perf_counter()
     model = trees.fit(family, params, x_train, y_train, x_val, y_val, len(classes), n_jobs)
     seconds = time.perf_counter() - started
-    val_proba = model.predict_proba(x_val)
+    val_raw = model.raw_scores(x_val)  # one walk of the validation rows for both sides
+    val_proba = model.probabilities(val_raw)
     # probabilities that mean what they say: one temperature fitted on validation
     temperature = calibration.fit_temperature(val_proba, y_val)
     model.temperature = temperature
@@ -75,7 +76,7 @@ def fit_calibrated(family: str, params, train_frame, val_frame, classes: list[st
         "temperature": temperature,
         "val_ece_raw": round(calibration.expected_calibration_error(val_proba, y_val), 5),
     }
-    calibrated = model.predict_proba(x_val)
+    calibrated = model.probabilities(val_raw)
     summary["val_ece"] = round(calibration.expected_calibration_error(calibrated, y_val), 5)
     return model, summary, calibrated
 

@@ -303,29 +303,53 @@ class _Trees:
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities, (n, n_classes) float64, for float32 features (n, n_features)."""
+        return self._walk(x, self._predict_batch)
+
+    def raw_scores(self, x: np.ndarray) -> np.ndarray:
+        """What the trees add up, before the temperature: boosting's raw scores, the
+        forest's class fractions. ``probabilities(raw_scores(x))`` is ``predict_proba(x)``
+        bit for bit, at any temperature set in between: one walk for both sides of a
+        calibration."""
+        return self._walk(x, self._raw_batch, order=self.raw_order)
+
+    def probabilities(self, raw: np.ndarray) -> np.ndarray:
+        """raw_scores' output at this model's temperature (``raw`` is left as it is)."""
+        return self._finish(raw.copy(order="K"))
+
+    raw_order = "C"  # the memory layout of raw scores, on which the finishing sums' bits depend
+
+    def _walk(self, x: np.ndarray, batch_output, order: str = "C") -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"expected features of shape (n, {self.n_features}), got {x.shape}")
         if self.walk is not None:
             try:
-                return self._predict_rows(x)
+                return self._predict_rows(x, batch_output, order)
             except Exception as exc:  # noqa: BLE001 - private code: any failure means numpy
                 self._use_numpy(f"failed ({type(exc).__name__}: {exc})")
-        return self._predict_rows(x)
+        return self._predict_rows(x, batch_output, order)
 
-    def _predict_rows(self, x: np.ndarray) -> np.ndarray:
-        out = np.empty((len(x), self.n_classes), dtype=np.float64)
+    def _predict_rows(self, x: np.ndarray, batch_output=None, order: str = "C") -> np.ndarray:
+        batch_output = batch_output or self._predict_batch
+        out = np.empty((len(x), self.n_classes), dtype=np.float64, order=order)
         rows = self._batch_rows()
         for begin in range(0, len(x), rows):
             batch = x[begin : begin + rows]
-            out[begin : begin + len(batch)] = self._predict_batch(batch)
+            out[begin : begin + len(batch)] = batch_output(batch)
         return out
 
     def _batch_rows(self) -> int:
         return max(1, PAIRS_PER_BATCH // self.n_trees)  # memory grows with (row, tree) pairs
 
     def _predict_batch(self, x: np.ndarray) -> np.ndarray:
+        return self._finish(self._raw_batch(x))
+
+    def _raw_batch(self, x: np.ndarray) -> np.ndarray:
         return self._proba(self._leaves(x), len(x))
+
+    def _finish(self, raw: np.ndarray) -> np.ndarray:
+        """Raw scores to probabilities at the model's temperature (may work in place)."""
+        raise NotImplementedError
 
 
 class Forest(_Trees):
@@ -341,8 +365,8 @@ class Forest(_Trees):
         self.leaf_value = counts / np.repeat(totals, nnz)  # as scikit-learn computes them
         self.leaf_class = arrays["leaf_class"]
 
-    def _predict_batch(self, x: np.ndarray) -> np.ndarray:
-        return _temper_fractions(super()._predict_batch(x), self.temperature)
+    def _finish(self, raw: np.ndarray) -> np.ndarray:
+        return _temper_fractions(raw, self.temperature)
 
     def _proba(self, leaf: np.ndarray, n_rows: int) -> np.ndarray:
         first = self.leaf_start[leaf]
@@ -371,15 +395,20 @@ class Boosting(_Trees):
             return super()._batch_rows()
         return BOOSTING_ROWS  # the compiled walk keeps only (rows, classes) raw scores
 
-    def _predict_batch(self, x: np.ndarray) -> np.ndarray:
+    raw_order = "F"
+
+    def _raw_batch(self, x: np.ndarray) -> np.ndarray:
         if self.walk is None:
-            return super()._predict_batch(x)
+            return super()._raw_batch(x)
         if "value_records" not in self._cache:
             self._cache["value_records"] = self._records(self.leaf_value)
         # column-major, as in scikit-learn: each tree adds to one contiguous column
         raw = np.zeros((len(x), self.n_classes), order="F") + self.baseline
         for t, out in self._tree_outputs(self._cache["value_records"], x):
             raw[:, t % self.n_classes] += out  # scikit-learn's order of additions
+        return raw
+
+    def _finish(self, raw: np.ndarray) -> np.ndarray:
         return _softmax(raw, self.temperature)
 
     def _proba(self, leaf: np.ndarray, n_rows: int) -> np.ndarray:
@@ -393,7 +422,7 @@ class Boosting(_Trees):
                           minlength=n_rows * self.n_classes).reshape(n_rows, self.n_classes)
         # column-major like the compiled walk's (and scikit-learn's) raw scores: the softmax's
         # row sums then add in the same order, so both walks give the same bits
-        return _softmax(np.asfortranarray(raw), self.temperature)
+        return np.asfortranarray(raw)
 
 
 def _softmax(raw: np.ndarray, temperature: float = 1.0) -> np.ndarray:

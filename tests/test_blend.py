@@ -44,7 +44,8 @@ def blend_repo(tmp_path_factory):
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
     y = {name: splits[name]["label"].map(classes.index).to_numpy() for name in splits}
     x = {name: splits[name][FEATURES].to_numpy("float32") for name in splits}
-    for family, settings in (("forest", {"n_estimators": 5}), ("boosting", {"max_rounds": 5})):
+    for family, settings in (("forest", {"n_estimators": 5}),
+                             ("boosting", {"max_rounds": 5, "learning_rate": 0.5})):
         model = trees.fit(family, validate(family, settings), x["train"], y["train"], x["val"],
                           y["val"], len(classes), 1)
         trees.save(model, root / family_file(family), classes, FEATURES)
@@ -278,6 +279,41 @@ def test_evaluate_reuses_a_members_probabilities_only_from_the_same_file(repo, m
     known = {name: predict_proba(load_model(paths[name])[0], test[load_model(paths[name])[2]]
                                  .to_numpy("float32")) for name in ("softmax", "boosting")}
     assert np.array_equal(blend.predict_proba(x, known=known), proba)
+
+
+def test_members_left_unloaded_are_checked_and_loaded_only_when_asked(repo, monkeypatch,
+                                                                      tmp_path):
+    """evaluate leaves a member unloaded when it has its probabilities: its class list is
+    still checked at load, it is loaded if it must predict after all, and the answers
+    are the same bits as a blend loaded whole."""
+    from stages import model_files, trees
+    from stages.model_files import family_file, load_model, predict_proba, save_blend
+
+    repo, classes = repo
+    _run_blend(repo, monkeypatch)
+    path = repo / "models/blend.zip"
+    x = pd.read_parquet(repo / "data/labeled/test.parquet")[FEATURES].to_numpy("float32")
+    whole = predict_proba(load_model(path)[0], x)
+    loads = []
+    real_load = model_files.load_model
+    monkeypatch.setattr(model_files, "load_model",
+                        lambda p, *a, **k: loads.append(Path(p).name) or real_load(p, *a, **k))
+    lazy = model_files.load_model(path, unloaded={"boosting"})[0]
+    assert "boosting.npz" not in loads and lazy.weights["boosting"] > 0
+    forest = trees.load(repo / family_file("forest"))[0]
+    known = {"boosting": predict_proba(trees.load(repo / family_file("boosting"))[0], x)}
+    assert np.array_equal(lazy.predict_proba(x, known=known), whole)
+    assert "boosting.npz" not in loads
+    assert np.array_equal(lazy.predict_proba(x), whole)  # asked after all: loaded now
+    assert loads.count("boosting.npz") == 1 and not lazy.unloaded
+    # a member of another class list is refused at load, unloaded or not
+    other = tmp_path / "other.npz"
+    trees.save(forest, other, [*classes[:-1], "jazz"], FEATURES)
+    mixed = tmp_path / "mixed.zip"
+    save_blend(mixed, [("boosting", repo / family_file("boosting"), 0.5),
+                       ("forest", other, 0.5)], classes, FEATURES, 1.0)
+    with pytest.raises(UserError, match="members/forest.npz predicts another class list"):
+        load_model(mixed, unloaded={"forest"})
 
 
 def test_a_published_tree_family_is_a_blend_of_one_with_its_probabilities(repo, tmp_path):

@@ -121,6 +121,24 @@ def test_the_walk_uses_every_core_unless_capped_and_answers_the_same(fitted, dat
     np.testing.assert_array_equal(model.predict_proba(data[2]), many)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 1.6])
+def test_one_walk_gives_both_sides_of_the_calibration(temperature, fitted, data, monkeypatch):
+    """raw_scores() then probabilities() is predict_proba() bit for bit, over several
+    batches, with NaN, at the temperature set after the walk (what train_trees uses to
+    walk the validation rows once, before and after the temperature)."""
+    _, model = fitted
+    monkeypatch.setattr(trees, "BOOSTING_ROWS", 7)  # several batches
+    monkeypatch.setattr(trees, "PAIRS_PER_BATCH", 7 * model.n_trees)
+    monkeypatch.setattr(model, "temperature", 1.0)
+    x = data[2].copy()
+    x[::4, 3] = np.nan
+    raw = model.raw_scores(x)
+    kept = raw.copy()
+    model.temperature = temperature
+    np.testing.assert_array_equal(model.probabilities(raw), model.predict_proba(x))
+    np.testing.assert_array_equal(raw, kept)  # not overwritten: usable at another temperature
+
+
 def test_wrong_input_width_is_refused(fitted, data):
     _, model = fitted
     with pytest.raises(ValueError, match=r"shape \(n, 15\)"):
