@@ -76,7 +76,7 @@ def test_any_genre_accuracy_counts_any_label_of_the_track():
     test = _test_frame([("t1", 0.1, "a"), ("t1", 0.1, "b"), ("t2", 0.2, "c"), ("t3", 0.3, "a")])
     other = _test_frame([("t3", 0.3, "b")])  # t3 also carries b, in another split
     labels = ev.labels_per_track([test, other])
-    assert labels == {"t1": {"a", "b"}, "t2": {"c"}, "t3": {"a", "b"}}
+    assert labels == {("t1", "a"), ("t1", "b"), ("t2", "c"), ("t3", "a"), ("t3", "b")}
     # predictions: a, a, a, b -> right: t1(a) yes, t1(a) yes, t2 no, t3(b) yes
     assert ev.any_genre_accuracy(test["track_id"], ["a", "a", "a", "b"], labels) == 0.75
 
