@@ -81,6 +81,66 @@ def timed_command(args: list[str], cwd: Path, env_extra: dict | None = None) -> 
             "output": f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}"}
 
 
+# sitecustomize.py for every Python process of one `dvc repro` (on PYTHONPATH): at exit a
+# process appends its command line, wall seconds since it started, CPU seconds (its own and
+# its children's) and peak RSS to $BENCH_STAGE_LOG. So the whole pipeline runs as the
+# README's `dvc repro` does, once, and each stage's process is still measured.
+STAGE_PROBE = """\
+import atexit, json, os, resource, sys, time
+
+_started = time.perf_counter()
+
+
+def _record():
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(os.environ["BENCH_STAGE_LOG"], "a") as log:
+        log.write(json.dumps({
+            "argv": sys.orig_argv[1:], "seconds": time.perf_counter() - _started,
+            "cpu_seconds": own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime,
+            "peak_rss_kb": max(own.ru_maxrss, children.ru_maxrss)}) + "\\n")
+
+
+if os.environ.get("BENCH_STAGE_LOG"):
+    atexit.register(_record)
+"""
+
+
+def stage_commands(repo: Path) -> dict[str, list[str]]:
+    """Each stage's command after its interpreter (``-m stages.train mlp``), in file order."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    return {name: str(stage["cmd"]).split()[1:] for name, stage in stages.items()}
+
+
+def timed_repro(repo: Path, env: dict, bench: str = "bench") -> tuple[dict, dict]:
+    """One whole ``dvc repro``, as the README runs it: (the whole run's wall seconds, CPU
+    seconds and peak RSS; each stage's process: the same three, dvc's own work between
+    stages not included). A failed run stops the benchmark with its output."""
+    import json  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="bench-probe-") as probe:
+        (Path(probe) / "sitecustomize.py").write_text(STAGE_PROBE)
+        log = Path(probe) / "stages.jsonl"
+        paths = [probe, *filter(None, [os.environ.get("PYTHONPATH")])]
+        measured = timed_command(["dvc", "repro"], repo, {
+            **env, "PYTHONPATH": os.pathsep.join(paths), "BENCH_STAGE_LOG": str(log)})
+        if measured["exit"] != 0:
+            raise SystemExit(f"{bench}: dvc repro failed:\n{measured['output']}")
+        records = [json.loads(line) for line in log.read_text().splitlines()] \
+            if log.exists() else []
+    stages = {}
+    for name, command in stage_commands(repo).items():
+        found = [r for r in records if r["argv"] == command]
+        if found:  # a stage dvc skipped (its outputs already there) has no process
+            stages[name] = {"seconds": round(found[-1]["seconds"], 1),
+                            "cpu_seconds": round(found[-1]["cpu_seconds"], 1),
+                            "peak_rss_mb": round(found[-1]["peak_rss_kb"] / 1024)}
+    whole = {"seconds": round(measured["seconds"], 1), "cpu_seconds": measured["cpu_seconds"],
+             "peak_rss_mb": measured["peak_rss_mb"]}
+    return whole, stages
+
+
 def pipeline_stages(repo: Path) -> list[str]:
     """The stages of repo/dvc.yaml, in file order (which is a valid run order)."""
     return list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])

@@ -95,3 +95,32 @@ def test_a_timed_command_reports_its_exit_cpu_time_and_memory(tmp_path):
     assert measured["exit"] == 3
     assert measured["cpu_seconds"] >= 0.5 and measured["seconds"] >= 0.5
     assert measured["peak_rss_mb"] >= 190
+
+
+def test_one_dvc_repro_is_measured_whole_and_stage_by_stage(tmp_path):
+    """The benchmark runs `dvc repro` once, as the README does, and still gets each stage's
+    wall time, CPU time and peak RSS from the stage's own process."""
+    import subprocess
+    import sys
+
+    from bench.workspace import timed_repro
+
+    # each stage: 0.3 s of CPU with a 100 MB array held, then its output
+    (tmp_path / "busy.py").write_text(
+        "import sys, time, numpy as np\na = np.ones(12_500_000); t = time.process_time()\n"
+        "while time.process_time() - t < 0.3: a.sum()\nopen(sys.argv[1], 'w').write('done')\n")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n"
+        "  first:\n    cmd: python -m busy a.txt\n    outs: [a.txt]\n"
+        "  second:\n    cmd: python -m busy b.txt\n    deps: [a.txt]\n    outs: [b.txt]\n")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path,
+                   check=True)
+    whole, stages = timed_repro(tmp_path, {})
+    assert list(stages) == ["first", "second"]
+    for measured in stages.values():
+        assert measured["cpu_seconds"] >= 0.3 and measured["seconds"] >= 0.3
+        assert measured["peak_rss_mb"] >= 95
+    assert whole["seconds"] >= sum(m["seconds"] for m in stages.values())
+    assert whole["cpu_seconds"] >= sum(m["cpu_seconds"] for m in stages.values())
+    assert whole["peak_rss_mb"] >= max(m["peak_rss_mb"] for m in stages.values())
+    assert timed_repro(tmp_path, {})[1] == {}  # nothing changed: dvc runs no stage
