@@ -90,17 +90,6 @@ def _families(result: dict) -> list[str]:
     return [k for k, v in result["metrics"].items() if isinstance(v, dict)]
 
 
-def _whole(result: dict) -> tuple[float, float, int]:
-    """The whole run's wall s, CPU s and peak RSS MB; for results measured stage by stage
-    (before the benchmark ran one `dvc repro`), the sum of the stages'."""
-    if "whole" in result:
-        return (result["whole"]["seconds"], result["whole"]["cpu_seconds"],
-                result["whole"]["peak_rss_mb"])
-    stages = result["stages"].values()
-    return (sum(v["seconds"] for v in stages), sum(v.get("cpu_seconds", 0) for v in stages),
-            max(v["peak_rss_mb"] for v in stages))
-
-
 def targets(results: dict) -> list[str]:
     lines = []
     for config, floors in FLOORS.items():
@@ -111,7 +100,7 @@ def targets(results: dict) -> list[str]:
             lines.append(f"| {config} {family} accuracy >= {floor} | {acc:.4f} | "
                          f"{'met' if acc >= floor else 'MISSED'} |")
     for config, result in results.items():
-        loop_s, _, rss = _whole(result)
+        loop_s, rss = result["whole"]["seconds"], result["whole"]["peak_rss_mb"]
         rate = result["predict_rows_per_s"]
         lines.append(f"| {config} whole dvc repro <= {LOOP_BUDGET_S // 60} min | "
                      f"{loop_s / 60:.1f} min | {'met' if loop_s <= LOOP_BUDGET_S else 'MISSED'} |")
@@ -146,18 +135,16 @@ def markdown(results: dict, command: str) -> str:
             m = metrics[family]
             out.append(f"| {family} | {m['accuracy']:.4f} | {m['top5']:.4f} | {m['macro_f1']:.4f} "
                        f"| {result['stages'].get(f'train_{family}', {}).get('seconds', '-')} |")
-        one_run = "whole" in result
         out += ["", f"chance (majority class) {metrics['chance']:.4f}, ceiling {metrics['ceiling']:.4f}",
-                "", f"| stage | wall s ({'its process' if one_run else 'incl. dvc'}) | CPU s "
-                "| peak RSS MB |", "|---|---|---|---|"]
-        out += [f"| {st} | {v['seconds']} | {v.get('cpu_seconds', '-')} | {v['peak_rss_mb']} |"
+                "", "| stage | wall s (its process) | CPU s | peak RSS MB |", "|---|---|---|---|"]
+        out += [f"| {st} | {v['seconds']} | {v['cpu_seconds']} | {v['peak_rss_mb']} |"
                 for st, v in result["stages"].items()]
-        total, cpu, rss = _whole(result)
-        if one_run:  # what the stages' processes leave: dvc's own work (hashing, caching)
-            rest = total - sum(v["seconds"] for v in result["stages"].values())
-            out.append(f"| dvc between the stages | {rest:.1f} | - | - |")
-        out += [f"| **whole dvc repro**{'' if one_run else ' (the stages run one by one)'} | "
-                f"{total:.1f} ({total / 60:.1f} min) | {cpu:.1f} | {rss} |"]
+        whole = result["whole"]
+        # what the stages' processes leave: dvc's own work (hashing, caching)
+        rest = whole["seconds"] - sum(v["seconds"] for v in result["stages"].values())
+        out += [f"| dvc between the stages | {rest:.1f} | - | - |",
+                f"| **whole dvc repro** | {whole['seconds']:.1f} ({whole['seconds'] / 60:.1f} min) "
+                f"| {whole['cpu_seconds']:.1f} | {whole['peak_rss_mb']} |"]
         out += ["", f"predict throughput (published model, batch): "
                 f"{result['predict_rows_per_s']:,} rows/s", ""]
     out += ["## Targets", "", "| target | measured | |", "|---|---|---|", *targets(results), ""]
