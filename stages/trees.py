@@ -24,13 +24,13 @@ children as offsets from the node, and where a NaN goes. Leaves differ:
   exactly this one's, so a converted model gives LightGBM's probabilities (up to the
   order of float additions) and predicting never needs LightGBM.
 
-The trees are walked by scikit-learn's compiled HistGradientBoosting tree walk
-(fed only arrays that passed the checks) or by numpy; both reach the same
-leaves. The compiled walk is private scikit-learn code, so it is trusted only
-after it has answered a few probe rows (built from the model's own thresholds,
-NaN included) exactly as the numpy walk does; any failure of it (missing,
-changed signature or record layout, any exception, a different answer) means the
-numpy walk. The file records the library and version that fitted the model.
+The trees are walked by the compiled walk of stages.tree_walk (numba; fed only
+arrays that passed the checks) or by numpy; both reach the same leaves and add
+them up in the same order. The compiled walk is trusted only after it has
+answered a few probe rows (built from the model's own thresholds, NaN included)
+exactly as the numpy walk does; any failure of it (numba missing or unable to
+compile, any exception, a different answer) means the numpy walk. The file
+records the library and version that fitted the model.
 
 Two optional entries travel with a model: ``ranges`` (each feature's training
 min and max, for plausibility checks on input) and ``temperature`` (T > 0,
@@ -44,6 +44,7 @@ Every predictor takes the 15 raw feature values, float32, shape (n, 15), in
 
 from __future__ import annotations
 
+import importlib
 import math
 import sys
 import zipfile
@@ -60,7 +61,7 @@ FILE_FORMAT = "spotify-genre-trees"
 FORMAT_VERSION = 1
 FOREST_CHUNK = 10  # trees fitted at a time: scikit-learn keeps a dense class vector per node
 PAIRS_PER_BATCH = 1 << 21  # (row, tree) pairs walked at once: bounds predict memory
-BOOSTING_ROWS = 1 << 16  # rows per batch in boosting's compiled walk
+COMPILED_ROWS = 1 << 16  # rows per batch in the compiled walk (it keeps only their sums)
 
 
 # --- the shared node layout ------------------------------------------------------------
@@ -109,33 +110,21 @@ def _concat(parts: list[dict[str, np.ndarray]], keys) -> dict[str, np.ndarray]:
     return arrays
 
 
-# the fields of scikit-learn's predictor records that the compiled walk reads or we fill
-RECORD_FIELDS = ("value", "feature_idx", "num_threshold", "missing_go_to_left", "left", "right",
-                 "is_leaf")
+# the node arrays that the compiled walk takes, in its kernels' argument order
+WALK_KEYS = ("feature", "missing_left", "threshold", "child", "roots", "depths")
 PROBE_ROWS = 8  # probe rows spread over each feature's thresholds (plus two with NaN)
 
 
 def _compiled_walk():
-    """scikit-learn's compiled walk of one HistGradientBoosting tree, or None.
+    """The compiled walk (stages.tree_walk, numba), or None where it cannot be imported.
 
-    A private scikit-learn function (pinned version): called only with node
-    arrays that load() has checked, only for speed, and only once it has
-    matched the numpy walk on probe rows (_Trees._check_walk).
+    Used only for speed, and only once it has matched the numpy walk on probe rows
+    (_Trees._check_walk).
     """
     try:
-        from sklearn.ensemble._hist_gradient_boosting._predictor import (  # noqa: PLC0415
-            _predict_from_raw_data,
-        )
-        from sklearn.ensemble._hist_gradient_boosting.common import (  # noqa: PLC0415
-            PREDICTOR_RECORD_DTYPE,
-        )
-
-        fields = set(PREDICTOR_RECORD_DTYPE.names or ())
-    except Exception:  # noqa: BLE001 - private code: whatever breaks, numpy walks the trees
+        return importlib.import_module("stages.tree_walk")
+    except Exception:  # noqa: BLE001 - no numba, or it cannot compile here: numpy walks
         return None
-    if not callable(_predict_from_raw_data) or not set(RECORD_FIELDS) <= fields:
-        return None
-    return _predict_from_raw_data, PREDICTOR_RECORD_DTYPE
 
 
 def sklearn_version() -> str:
@@ -152,15 +141,16 @@ def fitted_with(library: str = "scikit-learn") -> str:
 
 
 class _Trees:
-    """Many binary trees in flat arrays, walked by scikit-learn's compiled tree walk
-    (one tree at a time over all rows) or, without it, by numpy over (row, tree) pairs."""
+    """Many binary trees in flat arrays, walked by the compiled walk (stages.tree_walk:
+    blocks of rows through one tree at a time) or, without it, by numpy over (row, tree)
+    pairs."""
 
     family = ""
+
     @property
     def n_threads(self) -> int:
-        """Threads of the compiled walk: every core, or SPOTIFY_GENRE_THREADS. (Measured on
-        2 idle cores, boosting on 10,000 rows: 1,660 rows/s with one thread, 2,484 with two;
-        a busy machine or several workers should set the variable.)"""
+        """Threads of the compiled walk: every core, or SPOTIFY_GENRE_THREADS (a busy
+        machine or several workers should set it)."""
         return threads()
 
     def __init__(self, arrays: dict[str, np.ndarray], n_classes: int, n_features: int,
@@ -184,8 +174,8 @@ class _Trees:
             self.use_compiled_walk()
 
     def use_compiled_walk(self) -> bool:
-        """Switch to scikit-learn's compiled walk if it is there and answers the probe
-        rows exactly as the numpy walk does; True when it is used."""
+        """Switch to the compiled walk if it can be imported and answers the probe rows
+        exactly as the numpy walk does; True when it is used."""
         walk = _compiled_walk()
         if walk is None:
             self._use_numpy("is not available")
@@ -238,46 +228,23 @@ class _Trees:
         self.walk_problem = problem
         self._cache.clear()
         written = f", model fitted with {self.fitted_with}" if self.fitted_with else ""
-        print(f"note: scikit-learn {sklearn_version()}'s compiled tree walk {problem}"
-              f"{written}; using the numpy walk (same answers, slower)", file=sys.stderr)
+        print(f"note: the compiled tree walk (numba) {problem}{written}; using the numpy "
+              "walk (same answers, slower)", file=sys.stderr)
 
-    def _records(self, leaf_output: np.ndarray):
-        """All nodes as scikit-learn predictor records; a leaf's value is ``leaf_output``."""
-        _, dtype = self.walk
-        a = self.arrays
-        records = np.zeros(len(self.is_leaf), dtype=dtype)
-        local = np.arange(len(self.is_leaf)) - np.repeat(self.bounds[:-1], np.diff(self.bounds))
-        records["feature_idx"] = np.maximum(a["feature"], 0)
-        records["num_threshold"] = a["threshold"]
-        records["missing_go_to_left"] = a["missing_left"]
-        records["left"] = np.where(self.is_leaf, 0, local + a["left"])  # numbered within the tree
-        records["right"] = np.where(self.is_leaf, 0, local + a["right"])
-        records["is_leaf"] = self.is_leaf
-        records["value"][self.is_leaf] = leaf_output
-        return records
+    def _layout(self) -> dict[str, np.ndarray]:
+        """The compiled walk's node arrays, built on first use."""
+        if "layout" not in self._cache:
+            self._cache["layout"] = self.walk.node_layout(self.arrays, self.bounds)
+        return self._cache["layout"]
 
-    def _tree_outputs(self, records, x: np.ndarray):
-        """Yield (tree number, leaf output for every row), trees in order."""
-        walk, _ = self.walk
-        x64 = np.ascontiguousarray(x, dtype=np.float64)  # exact: every float32 is a float64
-        no_bitsets = np.zeros((0, 8), dtype=np.uint32)
-        feature_map = np.zeros(self.n_features, dtype=np.uint32)
-        out = np.empty(len(x), dtype=np.float64)
-        threads = self.n_threads
-        for t in range(self.n_trees):
-            walk(records[self.bounds[t] : self.bounds[t + 1]], x64, no_bitsets, no_bitsets,
-                 feature_map, threads, out)
-            yield t, out
+    def _compiled_sums(self, kernel, x: np.ndarray, out: np.ndarray, *leaf_arrays):
+        layout = self._layout()
+        return self.walk.run(kernel, x, out, self.n_threads,
+                             *(layout[k] for k in WALK_KEYS), *leaf_arrays)
 
     def _leaves(self, x: np.ndarray) -> np.ndarray:
-        """Leaf number reached by every (row, tree) pair, row-major (row 0's trees first)."""
-        if self.walk is not None:
-            if "leaf_records" not in self._cache:
-                self._cache["leaf_records"] = self._records(np.arange(int(self.is_leaf.sum())))
-            leaves = np.empty((self.n_trees, len(x)), dtype=np.int64)
-            for t, out in self._tree_outputs(self._cache["leaf_records"], x):
-                leaves[t] = out  # leaf numbers, exact in float64
-            return leaves.T.ravel()
+        """The numpy walk: leaf number reached by every (row, tree) pair, row-major (row 0's
+        trees first)."""
         if "numpy" not in self._cache:
             a = self.arrays
             nodes = np.arange(len(self.is_leaf))
@@ -339,6 +306,8 @@ class _Trees:
         return out
 
     def _batch_rows(self) -> int:
+        if self.walk is not None:
+            return COMPILED_ROWS
         return max(1, PAIRS_PER_BATCH // self.n_trees)  # memory grows with (row, tree) pairs
 
     def _predict_batch(self, x: np.ndarray) -> np.ndarray:
@@ -368,6 +337,16 @@ class Forest(_Trees):
     def _finish(self, raw: np.ndarray) -> np.ndarray:
         return _temper_fractions(raw, self.temperature)
 
+    def _raw_batch(self, x: np.ndarray) -> np.ndarray:
+        if self.walk is None:
+            return super()._raw_batch(x)
+        if "leaves" not in self._cache:
+            self._cache["leaves"] = (np.cumsum(self.is_leaf) - 1, self.leaf_start,
+                                     self.leaf_class.astype(np.int64), self.leaf_value)
+        sums = np.empty((len(x), self.n_classes))
+        return self._compiled_sums(self.walk.forest_sums, x, sums,
+                                   *self._cache["leaves"]) / self.n_trees
+
     def _proba(self, leaf: np.ndarray, n_rows: int) -> np.ndarray:
         first = self.leaf_start[leaf]
         nnz = self.leaf_start[leaf + 1] - first
@@ -390,23 +369,20 @@ class Boosting(_Trees):
         self.baseline = arrays["baseline"]
         self.rounds = self.n_trees // self.n_classes
 
-    def _batch_rows(self) -> int:
-        if self.walk is None:
-            return super()._batch_rows()
-        return BOOSTING_ROWS  # the compiled walk keeps only (rows, classes) raw scores
-
     raw_order = "F"
 
     def _raw_batch(self, x: np.ndarray) -> np.ndarray:
         if self.walk is None:
             return super()._raw_batch(x)
-        if "value_records" not in self._cache:
-            self._cache["value_records"] = self._records(self.leaf_value)
-        # column-major, as in scikit-learn: each tree adds to one contiguous column
-        raw = np.zeros((len(x), self.n_classes), order="F") + self.baseline
-        for t, out in self._tree_outputs(self._cache["value_records"], x):
-            raw[:, t % self.n_classes] += out  # scikit-learn's order of additions
-        return raw
+        if "leaves" not in self._cache:
+            node_value = np.zeros(len(self.is_leaf))
+            node_value[self.is_leaf] = self.leaf_value
+            tree_class = np.arange(self.n_trees, dtype=np.int64) % self.n_classes
+            self._cache["leaves"] = (tree_class, node_value,
+                                     np.ascontiguousarray(self.baseline, dtype=np.float64))
+        # column-major, as the numpy walk's (and scikit-learn's) raw scores
+        raw = np.empty((len(x), self.n_classes), order="F")
+        return self._compiled_sums(self.walk.boosting_sums, x, raw, *self._cache["leaves"])
 
     def _finish(self, raw: np.ndarray) -> np.ndarray:
         return _softmax(raw, self.temperature)

@@ -93,10 +93,10 @@ def test_save_checks_names(fitted, data, tmp_path):
 
 
 def test_compiled_and_numpy_walks_agree(fitted, data, tmp_path):
-    """scikit-learn's compiled tree walk (fast) and the numpy walk (fallback) give
+    """The compiled tree walk (numba, fast) and the numpy walk (fallback) give
     identical probabilities, NaN routing included."""
     family, model = fitted
-    assert model.walk is not None  # the pinned scikit-learn has it
+    assert model.walk is not None, model.walk_problem  # numba is pinned
     path = tmp_path / "m.npz"
     trees.save(model, path, data[-1], FEATURES)
     with np.load(path, allow_pickle=False) as archive:
@@ -113,12 +113,21 @@ def test_the_walk_uses_every_core_unless_capped_and_answers_the_same(fitted, dat
     import os
 
     _, model = fitted
+    # several blocks of rows, the last one short, NaN in some
+    from stages.tree_walk import BLOCK_ROWS
+
+    x = np.tile(data[2], (10, 1))[: 5 * BLOCK_ROWS + 3]
+    x[::5, 2] = np.nan
     monkeypatch.delenv("SPOTIFY_GENRE_THREADS", raising=False)
     assert model.n_threads == (os.cpu_count() or 1)
-    many = model.predict_proba(data[2])
-    monkeypatch.setenv("SPOTIFY_GENRE_THREADS", "1")
-    assert model.n_threads == 1
-    np.testing.assert_array_equal(model.predict_proba(data[2]), many)
+    expected = trees.FAMILY_CLASSES[model.family](
+        model.arrays, model.n_classes, model.n_features, compiled=False)
+    expected.temperature = model.temperature
+    expected = expected.predict_proba(x)
+    for n_threads in ("1", "2", "3", "64"):  # 3: parts that are not whole blocks
+        monkeypatch.setenv("SPOTIFY_GENRE_THREADS", n_threads)
+        assert model.n_threads == int(n_threads)
+        np.testing.assert_array_equal(model.predict_proba(x), expected)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 1.6])
@@ -127,7 +136,7 @@ def test_one_walk_gives_both_sides_of_the_calibration(temperature, fitted, data,
     batches, with NaN, at the temperature set after the walk (what train_trees uses to
     walk the validation rows once, before and after the temperature)."""
     _, model = fitted
-    monkeypatch.setattr(trees, "BOOSTING_ROWS", 7)  # several batches
+    monkeypatch.setattr(trees, "COMPILED_ROWS", 7)  # several batches
     monkeypatch.setattr(trees, "PAIRS_PER_BATCH", 7 * model.n_trees)
     monkeypatch.setattr(model, "temperature", 1.0)
     x = data[2].copy()
@@ -462,52 +471,58 @@ def test_missing_compiled_walk_means_numpy(fitted, data, tmp_path, monkeypatch, 
     path = _saved(fitted, data, tmp_path)
     x = _rows_with_nan(data)
     expected = _numpy_answer(path, x)
-    # the private module gone (import error), or its record layout without a field we fill
-    monkeypatch.setitem(sys.modules, "sklearn.ensemble._hist_gradient_boosting._predictor", None)
+    # numba not installed (or the walk module failing to import, e.g. nowhere to cache)
+    monkeypatch.setitem(sys.modules, "numba", None)
+    monkeypatch.delitem(sys.modules, "stages.tree_walk", raising=False)
+    assert trees._compiled_walk() is None
     model = trees.load(path)[0]
     assert model.walk is None and model.walk_problem == "is not available"
     np.testing.assert_array_equal(model.predict_proba(x), expected)
-    monkeypatch.undo()
-    from sklearn.ensemble._hist_gradient_boosting import common
-
-    layout = [(n, t) for n, t in common.PREDICTOR_RECORD_DTYPE.descr if n != "missing_go_to_left"]
-    monkeypatch.setattr(common, "PREDICTOR_RECORD_DTYPE", np.dtype(layout))
-    assert trees._compiled_walk() is None
-    assert trees.load(path)[0].walk is None
-    assert "compiled tree walk is not available" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "compiled tree walk (numba) is not available" in err and err.count("\n") == 1
 
 
-def _replace_walk(monkeypatch, make_walk, dtype=None):
-    real_walk, real_dtype = trees._compiled_walk()
-    monkeypatch.setattr(trees, "_compiled_walk",
-                        lambda: (make_walk(real_walk), real_dtype if dtype is None else dtype))
+def _replace_walk(monkeypatch, **kernels):
+    """The compiled walk with some of its functions replaced by kernels[name](real)."""
+    import types
+
+    from stages import tree_walk
+
+    fake = types.SimpleNamespace(**{name: getattr(tree_walk, name) for name in
+                                    ("node_layout", "run", "boosting_sums", "forest_sums")})
+    for name, make in kernels.items():
+        setattr(fake, name, make(getattr(tree_walk, name)))
+    monkeypatch.setattr(trees, "_compiled_walk", lambda: fake)
 
 
 def _wrong_signature(real):
-    def walk(nodes, x, bitsets, known, feature_map, out):  # one argument fewer
-        raise TypeError("walk() takes 6 positional arguments but 7 were given")
-    return walk
+    def kernel(x, feature, missing_left):  # too few arguments
+        raise AssertionError("not reached")
+    return kernel
 
 
-def _wrong_leaves(real):
-    def walk(*args):
+def _wrong_sums(real):
+    def kernel(*args):
         real(*args)
-        args[-1][:] = args[-1][::-1]  # a silently different answer
-    return walk
+        out, start, stop = args[-3:]
+        out[start:stop] = out[start:stop][::-1]  # a silently different answer
+    return kernel
 
 
 def _fails_on_large_inputs(real):
-    def walk(nodes, x, *rest):
+    def kernel(x, *rest):
         if len(x) > trees.PROBE_ROWS + 2:  # passes the probe, fails when predicting
             raise RuntimeError("changed behaviour")
-        real(nodes, x, *rest)
-    return walk
+        real(x, *rest)
+    return kernel
 
 
-def _reordered_layout():
-    from sklearn.ensemble._hist_gradient_boosting.common import PREDICTOR_RECORD_DTYPE
-
-    return np.dtype(list(reversed(PREDICTOR_RECORD_DTYPE.descr)))  # same names, new layout
+def _broken_layout(real):
+    def node_layout(arrays, bounds):
+        layout = real(arrays, bounds)
+        layout["depths"] = layout["depths"] - 1  # stops one level short
+        return layout
+    return node_layout
 
 
 @pytest.mark.parametrize("case", ["signature", "answers", "layout", "late failure"])
@@ -516,14 +531,12 @@ def test_any_failure_of_the_compiled_walk_means_numpy(case, fitted, data, tmp_pa
     path = _saved(fitted, data, tmp_path)
     x = _rows_with_nan(data)
     expected = _numpy_answer(path, x)
-    if case == "signature":
-        _replace_walk(monkeypatch, _wrong_signature)
-    elif case == "answers":
-        _replace_walk(monkeypatch, _wrong_leaves)
-    elif case == "layout":
-        _replace_walk(monkeypatch, lambda real: real, dtype=_reordered_layout())
+    kernel = {"signature": _wrong_signature, "answers": _wrong_sums,
+              "late failure": _fails_on_large_inputs}.get(case)
+    if kernel:
+        _replace_walk(monkeypatch, boosting_sums=kernel, forest_sums=kernel)
     else:
-        _replace_walk(monkeypatch, _fails_on_large_inputs)
+        _replace_walk(monkeypatch, node_layout=_broken_layout)
     model = trees.load(path)[0]
     if case == "late failure":
         assert model.walk is not None  # the probe passed

@@ -1,0 +1,132 @@
+"""The compiled tree walk (numba) behind stages.trees: many rows through many trees.
+
+A block of rows goes through one tree at a time, level by level and without branches:
+each inner node sends a row to child[2 * node + (0 if it goes left else 1)], and a leaf
+sends it to itself, so every row takes the tree's depth in steps and the rows of a block
+are independent work for the processor (a branchy walk, row by row, mispredicts about
+every other split: 2,981 rows/s against 7,239 on LightGBM's 12,084 trees, 2 threads).
+
+The sums keep the numpy walk's order: each (row, class) cell starts from the baseline
+(boosting) or zero (forest) and adds tree 0, 1, 2..., so the output is the numpy walk's
+bit for bit; stages.trees still checks that on probe rows before it trusts this module.
+Importing it compiles the kernels (cached beside this file by numba after the first time).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from numba import njit
+
+BLOCK_ROWS = 256  # rows walked together: their features stay in the L1 cache, their sums in L2
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _descend(xf, row0, n_features, m, feature, missing_left, threshold, child, root, depth,
+             node):
+    """node[:m] = the leaf that each of the m rows from row0 reaches in the tree at root."""
+    for i in range(m):
+        node[i] = root
+    for _ in range(depth):
+        for i in range(m):
+            k = node[i]
+            v = xf[np.uint64(row0 + i) * np.uint64(n_features) + np.uint64(feature[k])]
+            go_left = (v <= threshold[k]) | ((v != v) & missing_left[k])
+            node[i] = child[np.uint64(2) * np.uint64(k) + np.uint64(1 - go_left)]
+
+
+@njit(cache=True, nogil=True)
+def boosting_sums(x, feature, missing_left, threshold, child, roots, depths, tree_class,
+                  node_value, baseline, out, start, stop):
+    """out[r] = baseline + the leaf values of the trees of each class, rows start..stop."""
+    n_features = x.shape[1]
+    xf = x.ravel()
+    n_classes = baseline.shape[0]
+    node = np.empty(BLOCK_ROWS, np.uint32)
+    sums = np.empty((n_classes, BLOCK_ROWS), np.float64)
+    for lo in range(start, stop, BLOCK_ROWS):
+        m = min(stop, lo + BLOCK_ROWS) - lo
+        for c in range(n_classes):
+            for i in range(m):
+                sums[c, i] = 0.0 + baseline[c]  # as numpy's zeros + baseline
+        for t in range(roots.shape[0]):
+            _descend(xf, lo, n_features, m, feature, missing_left, threshold, child,
+                     roots[t], depths[t], node)
+            c = tree_class[t]
+            for i in range(m):
+                sums[c, i] += node_value[node[i]]
+        for c in range(n_classes):
+            for i in range(m):
+                out[lo + i, c] = sums[c, i]
+
+
+@njit(cache=True, nogil=True)
+def forest_sums(x, feature, missing_left, threshold, child, roots, depths, node_leaf,
+                leaf_start, leaf_class, leaf_value, out, start, stop):
+    """out[r] = the sum over trees of the class fractions of the leaf each reaches."""
+    n_features = x.shape[1]
+    xf = x.ravel()
+    n_classes = out.shape[1]
+    node = np.empty(BLOCK_ROWS, np.uint32)
+    sums = np.empty((n_classes, BLOCK_ROWS), np.float64)
+    for lo in range(start, stop, BLOCK_ROWS):
+        m = min(stop, lo + BLOCK_ROWS) - lo
+        sums[:, :m] = 0.0
+        for t in range(roots.shape[0]):
+            _descend(xf, lo, n_features, m, feature, missing_left, threshold, child,
+                     roots[t], depths[t], node)
+            for i in range(m):
+                leaf = node_leaf[node[i]]
+                for e in range(leaf_start[leaf], leaf_start[leaf + 1]):
+                    sums[leaf_class[e], i] += leaf_value[e]
+        for c in range(n_classes):
+            for i in range(m):
+                out[lo + i, c] = sums[c, i]
+
+
+@njit(cache=True)
+def tree_depths(child, roots, ends):
+    """Each tree's depth (the most splits on a path); children come after their parent."""
+    depth = np.zeros(child.shape[0] // 2, np.int64)
+    depths = np.zeros(roots.shape[0], np.int64)
+    for t in range(roots.shape[0]):
+        for k in range(roots[t], ends[t]):
+            for side in range(2):
+                below = child[2 * k + side]
+                if below != k:
+                    depth[below] = depth[k] + 1
+            depths[t] = max(depths[t], depth[k])
+    return depths
+
+
+def node_layout(arrays: dict[str, np.ndarray], bounds: np.ndarray) -> dict[str, np.ndarray]:
+    """The walk's arrays for a checked file layout (stages.trees): a leaf is its own child."""
+    leaf = arrays["feature"] < 0
+    nodes = np.arange(len(leaf), dtype=np.int64)
+    child = np.empty(2 * len(leaf), dtype=np.uint32)
+    child[0::2] = nodes + np.where(leaf, 0, arrays["left"])
+    child[1::2] = nodes + np.where(leaf, 0, arrays["right"])
+    roots = bounds[:-1].astype(np.uint32)
+    return {"feature": np.where(leaf, 0, arrays["feature"]).astype(np.uint8),
+            "missing_left": np.ascontiguousarray(arrays["missing_left"], dtype=np.bool_),
+            "threshold": np.ascontiguousarray(arrays["threshold"], dtype=np.float32),
+            "child": child, "roots": roots,
+            "depths": tree_depths(child, roots.astype(np.int64), bounds[1:].astype(np.int64))}
+
+
+def run(kernel, x: np.ndarray, out: np.ndarray, n_threads: int, *arrays) -> np.ndarray:
+    """kernel(x, *arrays, out, start, stop) over all rows, in n_threads contiguous parts
+    (the kernels release the GIL); out is filled in place and returned."""
+    n = len(x)
+    parts = max(1, min(n_threads, -(-n // BLOCK_ROWS)))
+    edges = [n * p // parts for p in range(parts + 1)]
+    if parts == 1:
+        kernel(x, *arrays, out, 0, n)
+        return out
+    with ThreadPoolExecutor(parts) as pool:
+        done = [pool.submit(kernel, x, *arrays, out, edges[p], edges[p + 1])
+                for p in range(parts)]
+        for part in done:
+            part.result()
+    return out
