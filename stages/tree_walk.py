@@ -19,7 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numba import njit
 
-BLOCK_ROWS = 256  # rows walked together: their features stay in the L1 cache, their sums in L2
+# Rows walked through a tree together. Boosting's trees are small (about 125 nodes, in the
+# L1 cache whatever the rows); a forest's are large (about 33,000 nodes each), so the more
+# rows walk one while its nodes are cached the better (200 trees, 45,120 rows, 2 threads:
+# 22,905 rows/s in blocks of 256, 47,412 in blocks of 8,192), up to a sums array of
+# classes x rows float64 per thread (7 MB at 114 classes).
+BOOSTING_BLOCK = 256
+FOREST_BLOCK = 8192
+MIN_PART_ROWS = 256  # rows per thread, at least
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -43,10 +50,10 @@ def boosting_sums(x, feature, missing_left, threshold, child, roots, depths, tre
     n_features = x.shape[1]
     xf = x.ravel()
     n_classes = baseline.shape[0]
-    node = np.empty(BLOCK_ROWS, np.uint32)
-    sums = np.empty((n_classes, BLOCK_ROWS), np.float64)
-    for lo in range(start, stop, BLOCK_ROWS):
-        m = min(stop, lo + BLOCK_ROWS) - lo
+    node = np.empty(BOOSTING_BLOCK, np.uint32)
+    sums = np.empty((n_classes, BOOSTING_BLOCK), np.float64)
+    for lo in range(start, stop, BOOSTING_BLOCK):
+        m = min(stop, lo + BOOSTING_BLOCK) - lo
         for c in range(n_classes):
             for i in range(m):
                 sums[c, i] = 0.0 + baseline[c]  # as numpy's zeros + baseline
@@ -68,10 +75,10 @@ def forest_sums(x, feature, missing_left, threshold, child, roots, depths, node_
     n_features = x.shape[1]
     xf = x.ravel()
     n_classes = out.shape[1]
-    node = np.empty(BLOCK_ROWS, np.uint32)
-    sums = np.empty((n_classes, BLOCK_ROWS), np.float64)
-    for lo in range(start, stop, BLOCK_ROWS):
-        m = min(stop, lo + BLOCK_ROWS) - lo
+    node = np.empty(FOREST_BLOCK, np.uint32)
+    sums = np.empty((n_classes, FOREST_BLOCK), np.float64)
+    for lo in range(start, stop, FOREST_BLOCK):
+        m = min(stop, lo + FOREST_BLOCK) - lo
         sums[:, :m] = 0.0
         for t in range(roots.shape[0]):
             _descend(xf, lo, n_features, m, feature, missing_left, threshold, child,
@@ -119,7 +126,7 @@ def run(kernel, x: np.ndarray, out: np.ndarray, n_threads: int, *arrays) -> np.n
     """kernel(x, *arrays, out, start, stop) over all rows, in n_threads contiguous parts
     (the kernels release the GIL); out is filled in place and returned."""
     n = len(x)
-    parts = max(1, min(n_threads, -(-n // BLOCK_ROWS)))
+    parts = max(1, min(n_threads, -(-n // MIN_PART_ROWS)))
     edges = [n * p // parts for p in range(parts + 1)]
     if parts == 1:
         kernel(x, *arrays, out, 0, n)

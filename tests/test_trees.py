@@ -114,9 +114,10 @@ def test_the_walk_uses_every_core_unless_capped_and_answers_the_same(fitted, dat
 
     _, model = fitted
     # several blocks of rows, the last one short, NaN in some
-    from stages.tree_walk import BLOCK_ROWS
+    from stages.tree_walk import BOOSTING_BLOCK, FOREST_BLOCK
 
-    x = np.tile(data[2], (10, 1))[: 5 * BLOCK_ROWS + 3]
+    block = {"forest": FOREST_BLOCK, "boosting": BOOSTING_BLOCK}[model.family]
+    x = np.tile(data[2], (-(-3 * block // len(data[2])) + 1, 1))[: 3 * block + 3]
     x[::5, 2] = np.nan
     monkeypatch.delenv("SPOTIFY_GENRE_THREADS", raising=False)
     assert model.n_threads == (os.cpu_count() or 1)
