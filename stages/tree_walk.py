@@ -115,7 +115,8 @@ def node_layout(arrays: dict[str, np.ndarray], bounds: np.ndarray) -> dict[str, 
     child[0::2] = nodes + np.where(leaf, 0, arrays["left"])
     child[1::2] = nodes + np.where(leaf, 0, arrays["right"])
     roots = bounds[:-1].astype(np.uint32)
-    return {"feature": np.where(leaf, 0, arrays["feature"]).astype(np.uint8),
+    feature = np.where(leaf, 0, arrays["feature"])
+    return {"feature": feature.astype(np.uint8 if feature.max() < 256 else np.uint32),
             "missing_left": np.ascontiguousarray(arrays["missing_left"], dtype=np.bool_),
             "threshold": np.ascontiguousarray(arrays["threshold"], dtype=np.float32),
             "child": child, "roots": roots,

@@ -831,3 +831,17 @@ def test_both_walks_give_the_same_bits_with_many_classes():
     plain = trees.Boosting(model.arrays, 40, 4, compiled=False)
     plain.fitted_with = model.fitted_with
     assert np.array_equal(model.predict_proba(x[:200]), plain.predict_proba(x[:200]))
+
+
+def test_walk_layout_keeps_feature_indices_past_255():
+    """A file may hold feature numbers in any integer type: the walk's layout must not
+    wrap them (a wrapped index would read another feature and answer wrongly)."""
+    from stages import tree_walk
+
+    arrays = {"feature": np.array([300, -1, -1]), "left": np.array([1, 0, 0]),
+              "right": np.array([2, 0, 0]), "threshold": np.zeros(3, np.float32),
+              "missing_left": np.zeros(3, bool)}
+    layout = tree_walk.node_layout(arrays, np.array([0, 3]))
+    assert layout["feature"].tolist() == [300, 0, 0]
+    assert layout["child"].tolist() == [1, 2, 1, 1, 2, 2]  # a leaf is its own child
+    assert layout["depths"].tolist() == [1]
