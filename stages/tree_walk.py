@@ -43,6 +43,14 @@ def _descend(xf, row0, n_features, m, feature, missing_left, threshold, child, r
             node[i] = child[np.uint64(2) * np.uint64(k) + np.uint64(1 - go_left)]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _store(sums, out, lo, m):
+    """out's rows lo..lo+m = the block's sums (classes x rows)."""
+    for c in range(sums.shape[0]):
+        for i in range(m):
+            out[lo + i, c] = sums[c, i]
+
+
 @njit(cache=True, nogil=True)
 def boosting_sums(x, feature, missing_left, threshold, child, roots, depths, tree_class,
                   node_value, baseline, out, start, stop):
@@ -63,9 +71,7 @@ def boosting_sums(x, feature, missing_left, threshold, child, roots, depths, tre
             c = tree_class[t]
             for i in range(m):
                 sums[c, i] += node_value[node[i]]
-        for c in range(n_classes):
-            for i in range(m):
-                out[lo + i, c] = sums[c, i]
+        _store(sums, out, lo, m)
 
 
 @njit(cache=True, nogil=True)
@@ -87,9 +93,7 @@ def forest_sums(x, feature, missing_left, threshold, child, roots, depths, node_
                 leaf = node_leaf[node[i]]
                 for e in range(leaf_start[leaf], leaf_start[leaf + 1]):
                     sums[leaf_class[e], i] += leaf_value[e]
-        for c in range(n_classes):
-            for i in range(m):
-                out[lo + i, c] = sums[c, i]
+        _store(sums, out, lo, m)
 
 
 @njit(cache=True)
