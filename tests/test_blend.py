@@ -442,3 +442,24 @@ def test_a_row_with_a_missing_feature_is_answered_by_the_masked_member(repo, mon
     member, _, _ = load_model(root / family_file("mlp"))
     assert np.allclose(mixed[:6], predict_proba(member, x[:6]))
     assert np.allclose(mixed.sum(axis=1), 1.0)
+
+
+def test_predict_proba_in_passes_gives_the_same_bits(repo, monkeypatch):
+    """model_files.predict_proba takes long inputs in passes of PROBA_CHUNK_ROWS rows (for
+    speed): every model, the blend included, answers them with the same bits as in one."""
+    from stages import model_files
+    from stages.model_files import family_file, load_model, predict_proba
+
+    root, _ = repo
+    _run_blend(root, monkeypatch)
+    x = pd.read_parquet(root / "data/labeled/test.parquet")[FEATURES].to_numpy("float32")
+    x[::5, 3] = np.nan
+    for name in ("softmax", "forest", "boosting", "blend"):
+        model, _, features = load_model(root / family_file(name))
+        rows = x[:, [FEATURES.index(f) for f in features]]
+        whole = predict_proba(model, rows)
+        with monkeypatch.context() as patch:
+            patch.setattr(model_files, "PROBA_CHUNK_ROWS", 7)
+            passes = predict_proba(model, rows)
+        assert len(rows) > 7 * 3 and passes.dtype == whole.dtype, name
+        np.testing.assert_array_equal(passes, whole, err_msg=name)
