@@ -9,7 +9,8 @@ every other split: 2,981 rows/s against 7,239 on LightGBM's 12,084 trees, 2 thre
 The sums keep the numpy walk's order: each (row, class) cell starts from the baseline
 (boosting) or zero (forest) and adds tree 0, 1, 2..., so the output is the numpy walk's
 bit for bit; stages.trees still checks that on probe rows before it trusts this module.
-Importing it compiles the kernels (cached beside this file by numba after the first time).
+Each kernel compiles on its first call (about 3 s for all of them); numba caches the
+machine code beside this file, so later processes load it.
 """
 
 from __future__ import annotations
