@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -116,9 +118,6 @@ def timed_repro(repo: Path, env: dict, bench: str = "bench") -> tuple[dict, dict
     """One whole ``dvc repro``, as the README runs it: (the whole run's wall seconds, CPU
     seconds and peak RSS; each stage's process: the same three, dvc's own work between
     stages not included). A failed run stops the benchmark with its output."""
-    import json  # noqa: PLC0415
-    import tempfile  # noqa: PLC0415
-
     with tempfile.TemporaryDirectory(prefix="bench-probe-") as probe:
         (Path(probe) / "sitecustomize.py").write_text(STAGE_PROBE)
         log = Path(probe) / "stages.jsonl"
@@ -143,7 +142,7 @@ def timed_repro(repo: Path, env: dict, bench: str = "bench") -> tuple[dict, dict
 
 def pipeline_stages(repo: Path) -> list[str]:
     """The stages of repo/dvc.yaml, in file order (which is a valid run order)."""
-    return list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
+    return list(stage_commands(repo))
 
 
 def timed_stage(repo: Path, stage: str, env: dict, bench: str = "bench") -> dict:
