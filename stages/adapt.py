@@ -52,6 +52,8 @@ from stages.common import (
     atomic_path,
     cli,
     feature_ranges,
+    fixed_date,
+    write_npz,
 )
 from stages.inputs import DEFAULT_CHUNK_ROWS, InputReader, PlausibilityCheck, parse_renames
 from stages.predict import NOT_FROM_THE_API, CappedMessages
@@ -567,35 +569,26 @@ def plot_curve(cv: dict, chosen: str, title: str, path: Path) -> None:
 
 
 def _zip_entry(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
-    from stages.model_files import fixed_date  # noqa: PLC0415
-
     archive.writestr(fixed_date(name, zipfile.ZIP_STORED), data)  # same input, same bytes
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """An .npz (what np.load reads) with fixed member dates: np.savez stamps the time."""
+    """An .npz (what np.load reads) with fixed member dates (write_npz)."""
     import io  # noqa: PLC0415
 
-    from stages.model_files import fixed_date  # noqa: PLC0415
-
     handle = io.BytesIO()
-    with zipfile.ZipFile(handle, "w") as archive:
-        for name, value in arrays.items():
-            array = io.BytesIO()
-            np.lib.format.write_array(array, np.asarray(value), allow_pickle=False)
-            archive.writestr(fixed_date(f"{name}.npy"), array.getvalue())
+    write_npz(handle, arrays)
     return handle.getvalue()
 
 
 def _component_bytes(kind: str, model, classes: list[str], width: int) -> bytes:
-    if kind == "forest":  # written by stages.trees, re-packed with fixed dates
+    if kind == "forest":  # written by stages.trees (fixed dates too)
         from stages import trees  # noqa: PLC0415
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "head.npz"
             trees.save(model, path, classes, [f"input_{j}" for j in range(width)])
-            with np.load(path, allow_pickle=False) as archive:
-                return _npz_bytes({name: archive[name] for name in archive.files})
+            return path.read_bytes()
     return _npz_bytes(model.arrays())
 
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
 import os
 import shutil
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import pandas as pd
 
 # --- dataset schema ---------------------------------------------------------
@@ -176,6 +179,26 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 
+def fixed_date(name: str, compress_type: int = zipfile.ZIP_DEFLATED) -> zipfile.ZipInfo:
+    """A zip member dated 1980-01-01: the same contents are the same bytes (one DVC hash)."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = compress_type
+    info.external_attr = 0o644 << 16
+    return info
+
+
+def write_npz(handle, arrays: dict, compresslevel: int | None = None) -> None:
+    """Write ``arrays`` to the binary file ``handle`` as np.savez_compressed does (one .npy
+    member per array, no pickles, what np.load reads), but with zlib's ``compresslevel``
+    (1: fast .. 9: small; numpy always uses 6) and every member dated 1980-01-01, so the
+    same arrays are the same bytes."""
+    with zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED, compresslevel=compresslevel) as archive:
+        for name, value in arrays.items():
+            array = io.BytesIO()
+            np.lib.format.write_array(array, np.asanyarray(value), allow_pickle=False)
+            archive.writestr(fixed_date(f"{name}.npy"), array.getvalue())
+
+
 def write_json(path: str | os.PathLike, data) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
@@ -199,8 +222,6 @@ def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def write_val_proba(name: str, proba) -> None:
-    import numpy as np  # noqa: PLC0415
-
     with atomic_path(VAL_PROBA_DIR / f"{name}.npy", ".npy") as tmp, open(tmp, "wb") as out:
         np.save(out, np.asarray(proba), allow_pickle=False)
 
@@ -209,8 +230,6 @@ def validation_proba(name: str, n_rows: int, n_classes: int, final_fit: str, pre
     """``name``'s validation probabilities: from VAL_PROBA_DIR when its train stage wrote
     them, else ``predict()`` (a model fitted outside the pipeline), which is honest only
     when the model never saw the validation split (final_fit = train)."""
-    import numpy as np  # noqa: PLC0415
-
     path = VAL_PROBA_DIR / f"{name}.npy"
     if path.exists():
         proba = np.load(path, allow_pickle=False)
@@ -242,8 +261,6 @@ def read_json(path: str | os.PathLike):
 
 def feature_ranges(values: np.ndarray, features: list[str]) -> dict[str, list[float]]:
     """Each feature's [min, max] over training rows (what a model file stores as ranges.json)."""
-    import numpy as np  # noqa: PLC0415
-
     values = np.asarray(values, dtype=np.float64)
     return {f: [float(np.nanmin(values[:, j])), float(np.nanmax(values[:, j]))]
             for j, f in enumerate(features)}

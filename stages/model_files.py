@@ -18,7 +18,7 @@ import weakref
 import zipfile
 from pathlib import Path
 
-from stages.common import FEATURES, MODELS_DIR, UserError, atomic_path
+from stages.common import FEATURES, MODELS_DIR, UserError, atomic_path, fixed_date
 
 # extra members in the .keras zip; keras' loader ignores them
 CLASSES_MEMBER = "classes.json"
@@ -102,14 +102,6 @@ def copy_with_members(source: Path, dest: Path, members: dict) -> None:
                     new.writestr(item, old.read(item.filename))
             for name, value in members.items():
                 new.writestr(fixed_date(name), json.dumps(value))
-
-
-def fixed_date(name: str, compress_type: int = zipfile.ZIP_DEFLATED) -> zipfile.ZipInfo:
-    """A zip member dated 1980-01-01: the same contents are the same bytes (one DVC hash)."""
-    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-    info.compress_type = compress_type
-    info.external_attr = 0o644 << 16
-    return info
 
 
 def save_blend(path: Path, members: list[tuple[str, Path, float]], classes: list[str],
@@ -361,7 +353,7 @@ def read_classes_and_features(path: Path) -> tuple[list[str], list[str]]:
     if path.suffix == TREE_SUFFIX:
         from stages import trees  # noqa: PLC0415
 
-        return trees.load(path, compiled=False)[1:]
+        return trees.read_header(path)[:2]
     try:
         with zipfile.ZipFile(path) as archive:
             classes = json.loads(archive.read(CLASSES_MEMBER))
@@ -395,7 +387,7 @@ def read_ranges(path: Path) -> dict[str, list[float]] | None:
     if path.suffix == TREE_SUFFIX:
         from stages import trees  # noqa: PLC0415
 
-        ranges = trees.load(path, compiled=False)[0].ranges
+        ranges = trees.read_header(path)[2]["ranges"]
         return {f: [float(low), float(high)] for f, (low, high) in ranges.items()} if ranges else None
     try:
         with zipfile.ZipFile(path) as archive:

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.common import UserError, atomic_path, threads
+from stages.common import UserError, atomic_path, threads, write_npz
 from stages.params import SECTIONS, BoostingParams, ForestParams
 from stages.params import TREES as TREE_FAMILIES
 
@@ -708,8 +708,8 @@ def save(model: _Trees, path: str | Path, classes: list[str], features: list[str
         arrays["range_features"] = np.array(list(ranges), dtype=str)
         arrays["ranges"] = np.array(list(ranges.values()), dtype=np.float64).reshape(-1, 2)
     with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as handle:  # a file object: np.savez would append '.npz' to a name
-            np.savez_compressed(handle, **arrays)
+        with open(tmp, "wb") as handle:
+            write_npz(handle, arrays, NPZ_COMPRESSLEVEL)
 
 
 class _Invalid(Exception):
@@ -806,12 +806,18 @@ def _check(arrays: dict, family: str, n_classes: int, n_features: int) -> dict:
 FAMILY_CLASSES = {"forest": Forest, "boosting": Boosting}
 
 
-def load(path: str | Path, compiled: bool = True):
-    """Read a saved model: (predictor, classes, features); UserError when it is not one.
+# zlib's level for the tree files: the forest's (200 trees, 6.7 million nodes) writes in
+# 1.9 s at 3 (31.4 MB), 5.1 s at numpy's 6 (29.3 MB), 1.1 s at 1 (34.5 MB) (2026-11-30)
+NPZ_COMPRESSLEVEL = 3
 
-    ``compiled=False``: walk the trees with numpy only (no probe of scikit-learn's
-    compiled walk; for callers that only want the class or feature list).
-    """
+# what read_header reads: every entry but the trees themselves
+HEADER_KEYS = ("format", "version", "family", "classes", "features", "temperature",
+               "fitted_with", "sklearn_version", "range_features", "ranges")
+
+
+def _read(path: str | Path, header_only: bool):
+    """(family, classes, features, metadata, checked tree arrays or None for
+    ``header_only``) of a saved model; UserError when it is not one."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: model file not found (train it: dvc repro)")
@@ -819,7 +825,8 @@ def load(path: str | Path, compiled: bool = True):
         with np.load(path, allow_pickle=False) as archive:
             if not hasattr(archive, "files"):
                 raise _Invalid("a single .npy array, not an .npz archive")
-            arrays = {name: archive[name] for name in archive.files}
+            arrays = {name: archive[name] for name in archive.files
+                      if not header_only or name in HEADER_KEYS}
         if _scalar(arrays, "format", "U") != FILE_FORMAT:
             raise _Invalid("not written by stages.trees")
         version = _scalar(arrays, "version", "iu")
@@ -829,11 +836,28 @@ def load(path: str | Path, compiled: bool = True):
         if family not in FAMILY_CLASSES:
             raise _Invalid(f"unknown family {family!r}")
         classes, features = _names(arrays, "classes"), _names(arrays, "features")
-        checked = _check(arrays, family, len(classes), len(features))
+        checked = None if header_only else _check(arrays, family, len(classes), len(features))
         metadata = _metadata(arrays, features)
     except (_Invalid, ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise UserError(f"{path}: not a tree model saved by this project ({reason})") from None
+    return family, classes, features, metadata, checked
+
+
+def read_header(path: str | Path) -> tuple[list[str], list[str], dict]:
+    """(classes, features, metadata: fitted_with, temperature, ranges) of a saved model,
+    without reading or checking its trees (what callers that only want the lists need):
+    2 ms where load() takes 0.6-1.6 s for the forest (2026-11-30)."""
+    _, classes, features, metadata, _ = _read(path, header_only=True)
+    return classes, features, metadata
+
+
+def load(path: str | Path, compiled: bool = True):
+    """Read a saved model: (predictor, classes, features); UserError when it is not one.
+
+    ``compiled=False``: walk the trees with numpy only (no probe of the compiled walk).
+    """
+    family, classes, features, metadata, checked = _read(path, header_only=False)
     predictor = FAMILY_CLASSES[family](checked, len(classes), len(features), compiled=False)
     for key, value in metadata.items():
         setattr(predictor, key, value)

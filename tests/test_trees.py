@@ -2,6 +2,7 @@
 
 import pickle
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -80,6 +81,37 @@ def test_round_trip_keeps_probabilities_classes_and_features(fitted, data, tmp_p
     assert loaded.family == family
     np.testing.assert_array_equal(loaded.predict_proba(x_val), model.predict_proba(x_val))
     assert sorted(p.name for p in path.parent.iterdir()) == [f"{family}.npz"]  # no temp left
+
+
+def test_the_same_model_is_saved_as_the_same_bytes(fitted, data, tmp_path, monkeypatch):
+    """Fixed member dates: a writer that stamped the time would give DVC a new file, and
+    re-run every stage after it, on each run."""
+    family, model = fitted
+    for name, now in [("a.npz", 1.0e9), ("b.npz", 1.5e9)]:  # years apart
+        monkeypatch.setattr(time, "time", lambda now=now: now)
+        trees.save(model, tmp_path / name, data[-1], FEATURES, ranges=RANGES)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+
+
+def test_read_header_gives_the_lists_without_the_trees(fitted, data, tmp_path):
+    path = _saved(fitted, data, tmp_path, ranges=RANGES, temperature=1.5)
+    classes, features, metadata = trees.read_header(path)
+    loaded, loaded_classes, loaded_features = trees.load(path)
+    assert (classes, features) == (loaded_classes, loaded_features) == (data[-1], FEATURES)
+    assert metadata == {"fitted_with": loaded.fitted_with, "temperature": 1.5,
+                        "ranges": RANGES}
+    # damaged trees: the header still reads (a class list needs no trees); load refuses
+    broken = _with(path, tmp_path, "broken.npz", left=np.array([5], dtype=np.int32))
+    assert trees.read_header(broken)[:2] == (data[-1], FEATURES)
+    with pytest.raises(UserError, match="broken.npz: not a tree model saved by this project"):
+        trees.load(broken)
+    for bad, reason in [(_with(path, tmp_path, "v.npz", version=np.array(99)), "format version 99"),
+                        (_with(path, tmp_path, "c.npz", classes=np.array([], dtype=str)),
+                         "no 'classes' list")]:
+        with pytest.raises(UserError, match=f"{bad.name}: not a tree model .*{reason}"):
+            trees.read_header(bad)
+    with pytest.raises(UserError, match="model file not found"):
+        trees.read_header(tmp_path / "nope.npz")
 
 
 def test_save_checks_names(fitted, data, tmp_path):
