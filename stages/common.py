@@ -192,11 +192,13 @@ def write_npz(handle, arrays: dict, compresslevel: int | None = None) -> None:
     member per array, no pickles, what np.load reads), but with zlib's ``compresslevel``
     (1: fast .. 9: small; numpy always uses 6) and every member dated 1980-01-01, so the
     same arrays are the same bytes."""
-    with zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED, compresslevel=compresslevel) as archive:
+    with zipfile.ZipFile(handle, "w") as archive:
         for name, value in arrays.items():
             array = io.BytesIO()
             np.lib.format.write_array(array, np.asanyarray(value), allow_pickle=False)
-            archive.writestr(fixed_date(f"{name}.npy"), array.getvalue())
+            # the level goes with each member: a ZipInfo ignores the archive's
+            archive.writestr(fixed_date(f"{name}.npy"), array.getvalue(),
+                             compresslevel=compresslevel)
 
 
 def write_json(path: str | os.PathLike, data) -> None:

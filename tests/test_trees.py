@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from stages import trees
-from stages.common import FEATURES, UserError
+from stages.common import FEATURES, UserError, write_npz
 from stages.params import BoostingParams, ForestParams
 from tests.conftest import make_tracks
 
@@ -91,6 +91,22 @@ def test_the_same_model_is_saved_as_the_same_bytes(fitted, data, tmp_path, monke
         monkeypatch.setattr(time, "time", lambda now=now: now)
         trees.save(model, tmp_path / name, data[-1], FEATURES, ranges=RANGES)
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+
+
+def test_write_npz_applies_its_compression_level(tmp_path):
+    arrays = {"nodes": np.arange(200_000, dtype=np.int32) % 977,
+              "names": np.array(["rock", "pop"])}
+    sizes = {}
+    for level in (1, 9):
+        path = tmp_path / f"level{level}.npz"
+        with open(path, "wb") as handle:
+            write_npz(handle, arrays, level)
+        sizes[level] = path.stat().st_size
+        with np.load(path, allow_pickle=False) as archive:
+            assert sorted(archive.files) == ["names", "nodes"]
+            for name, value in arrays.items():
+                np.testing.assert_array_equal(archive[name], value)
+    assert sizes[9] < sizes[1]
 
 
 def test_read_header_gives_the_lists_without_the_trees(fitted, data, tmp_path):
