@@ -59,3 +59,36 @@ def test_temperature_depends_only_on_the_labels_it_is_given():
     shuffled = y.copy()
     np.random.default_rng(0).shuffle(shuffled)
     assert cal.fit_temperature(proba, shuffled) != cal.fit_temperature(proba, y)
+
+
+def _fit_temperature_in_one_pass(proba, y):
+    """fit_temperature as it was written first: every row at once, one temperature after
+    another (the reference the faster version must match bit for bit)."""
+    best, best_error = 1.0, cal.expected_calibration_error(proba, y)
+    log_proba, ruled_out = np.log(np.maximum(proba, cal.TINY)), proba <= 0
+    for temperature in cal.TEMPERATURES:
+        tempered = (proba if temperature == 1.0
+                    else cal._tempered(log_proba, ruled_out, float(temperature)))
+        error = cal.expected_calibration_error(tempered, y)
+        if error < best_error - 1e-9:
+            best, best_error = float(temperature), error
+    return best
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+def test_temperature_in_parts_and_threads_is_the_one_pass_answer(threads, monkeypatch):
+    monkeypatch.setenv("SPOTIFY_GENRE_THREADS", threads)
+    monkeypatch.setattr(cal, "TEMPERING_ROWS", 7)  # many parts, the last one short
+    proba, y = _overconfident(rows=1000, classes=12, seed=4)
+    proba[::5, 3] = 0.0  # ruled-out classes
+    proba /= proba.sum(axis=1, keepdims=True)
+    for temperature in cal.TEMPERATURES[::24]:
+        if temperature == 1.0:
+            continue  # fit_temperature scores the probabilities themselves there
+        expected = cal.expected_calibration_error(cal.apply_temperature(proba, temperature), y)
+        got = cal._tempered_error(np.log(np.maximum(proba, cal.TINY)), proba <= 0, y,
+                                  float(temperature))
+        assert got == expected  # the same bits, not merely close
+    assert cal.fit_temperature(proba, y) == _fit_temperature_in_one_pass(proba, y)
+    flat = np.full((50, 12), 1 / 12)  # no temperature changes anything: 1.0
+    assert cal.fit_temperature(flat, y[:50]) == _fit_temperature_in_one_pass(flat, y[:50]) == 1.0
