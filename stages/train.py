@@ -324,7 +324,8 @@ def calibrate(model, x_val: np.ndarray, y_val: np.ndarray):
               "val_ece_raw": round(calibration.expected_calibration_error(proba, y_val), 5)}
     if temperature != 1.0:
         model = Calibrated(model, temperature)
-        proba = predict_proba(model, x_val)
+        # what predict_proba(model, x_val) gives, without running the network again
+        proba = calibration.apply_temperature(proba, temperature)
     report["val_ece"] = round(calibration.expected_calibration_error(proba, y_val), 5)
     return model, report, proba
 

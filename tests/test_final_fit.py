@@ -51,7 +51,9 @@ def test_train_val_refits_with_what_validation_chose(family, splits):
 
     alone, summary, val_proba = _fit(family, splits, "train")
     x_val = splits["val"][FEATURES].to_numpy("float32")
-    # with final_fit = train the saved model is the one validation scored
+    # with final_fit = train the saved model is the one validation scored (tempered:
+    # the probabilities calibration computed equal the calibrated model's, bit for bit)
+    assert summary["temperature"] != 1.0
     assert np.array_equal(predict_proba(alone, x_val), val_proba)
     assert summary["fit"] == "train" and "final_fit_rows" not in summary
 
