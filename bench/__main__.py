@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.workspace import copy_project, set_param, timed_repro
+from stages.common import atomic_path, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)  # now, not after the runs it would lose
     source = os.environ.get("SPOTIFY_TRACKS_URL", "")
     if source and not source.startswith(("http://", "https://", "file://")):
         source = str(Path(source).resolve())
@@ -166,8 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m bench" + (f" --configs {' '.join(args.configs)}"
                                    if args.configs != list(CONFIGS) else "")
     results, command = kept_with(args.out / "pipeline.json", results, command)
-    (args.out / "pipeline.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "pipeline.md").write_text(markdown(results, command))
+    write_json(args.out / "pipeline.json", results)
+    with atomic_path(args.out / "pipeline.md") as tmp:
+        tmp.write_text(markdown(results, command))
     print(markdown(results, command))
 
 
