@@ -582,15 +582,15 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def _component_bytes(kind: str, model, classes: list[str], width: int) -> bytes:
-    if kind == "forest":  # written by stages.trees, re-packed at zlib's default level: the
-        # adapted file is a download, where its size counts more than the pipeline's seconds
+    if kind == "forest":  # in stages.trees' layout, at zlib's default level: the adapted
+        # file is a download, where its size counts more than the seconds
         from stages import trees  # noqa: PLC0415
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "head.npz"
-            trees.save(model, path, classes, [f"input_{j}" for j in range(width)])
-            with np.load(path, allow_pickle=False) as archive:
-                return _npz_bytes({name: archive[name] for name in archive.files})
+            trees.save(model, path, classes, [f"input_{j}" for j in range(width)],
+                       compresslevel=None)
+            return path.read_bytes()
     return _npz_bytes(model.arrays())
 
 

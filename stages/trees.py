@@ -678,14 +678,21 @@ def _checked_ranges(ranges: dict, features: list[str]) -> dict[str, tuple[float,
     return checked
 
 
+# zlib's level for the tree files: the forest's (200 trees, 6.7 million nodes) writes in
+# 1.9-2.0 s at 3 (31.4 MB), 5.1 s at numpy's 6 (29.3 MB), 1.1 s at 1 (34.5 MB) (2026-11-30)
+NPZ_COMPRESSLEVEL = 3
+
+
 def save(model: _Trees, path: str | Path, classes: list[str], features: list[str],
          ranges: dict[str, tuple[float, float]] | None = None,
-         temperature: float | None = None) -> None:
+         temperature: float | None = None,
+         compresslevel: int | None = NPZ_COMPRESSLEVEL) -> None:
     """Write the model, its class list and feature names as one .npz, atomically.
 
     ``ranges`` ({feature: (training min, training max)}) and ``temperature`` (> 0)
     are optional metadata; None keeps the model's own (none, and 1.0, for a model
-    just fitted; what the file held, for a loaded one).
+    just fitted; what the file held, for a loaded one). ``compresslevel``: zlib's
+    (None: its default, smaller and slower than NPZ_COMPRESSLEVEL).
     """
     if len(classes) != model.n_classes:
         raise ValueError(f"{len(classes)} class names for a model of {model.n_classes} classes")
@@ -709,7 +716,7 @@ def save(model: _Trees, path: str | Path, classes: list[str], features: list[str
         arrays["ranges"] = np.array(list(ranges.values()), dtype=np.float64).reshape(-1, 2)
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as handle:
-            write_npz(handle, arrays, NPZ_COMPRESSLEVEL)
+            write_npz(handle, arrays, compresslevel)
 
 
 class _Invalid(Exception):
@@ -805,10 +812,6 @@ def _check(arrays: dict, family: str, n_classes: int, n_features: int) -> dict:
 
 FAMILY_CLASSES = {"forest": Forest, "boosting": Boosting}
 
-
-# zlib's level for the tree files: the forest's (200 trees, 6.7 million nodes) writes in
-# 1.9 s at 3 (31.4 MB), 5.1 s at numpy's 6 (29.3 MB), 1.1 s at 1 (34.5 MB) (2026-11-30)
-NPZ_COMPRESSLEVEL = 3
 
 # what read_header reads: every entry but the trees themselves
 HEADER_KEYS = ("format", "version", "family", "classes", "features", "temperature",

@@ -1,6 +1,8 @@
 """The scaling benchmark's enlarged data: deterministic, copies in their original's recording,
 small jitter; and the growth fit it reports."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -124,3 +126,17 @@ def test_one_dvc_repro_is_measured_whole_and_stage_by_stage(tmp_path):
     assert whole["cpu_seconds"] >= sum(m["cpu_seconds"] for m in stages.values())
     assert whole["peak_rss_mb"] >= max(m["peak_rss_mb"] for m in stages.values())
     assert timed_repro(tmp_path, {})[1] == {}  # nothing changed: dvc runs no stage
+
+
+def test_bench_writes_its_results_into_an_output_folder_that_did_not_exist(tmp_path, monkeypatch):
+    """The results come after a long run: a missing --out folder must not lose them."""
+    import bench.__main__ as bench_main
+
+    monkeypatch.setattr(bench_main, "run_config", lambda name, *args: {"measured": name})
+    monkeypatch.setattr(bench_main, "markdown", lambda results, command: f"{command}\n")
+    out = tmp_path / "not" / "yet"
+    bench_main.main(["--configs", "recording-114", "--out", str(out)])
+    assert json.loads((out / "pipeline.json").read_text()) == {
+        "recording-114": {"measured": "recording-114"}}
+    assert (out / "pipeline.md").read_text() == "python -m bench --configs recording-114\n"
+    assert sorted(p.name for p in out.iterdir()) == ["pipeline.json", "pipeline.md"]
