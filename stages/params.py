@@ -146,7 +146,11 @@ class BoostingParams(Section):
 
     # lightgbm: a fit about half as long, as accurate on validation (docs/results.md)
     library: Literal["lightgbm", "scikit-learn"] = "lightgbm"
-    learning_rate: float = Field(0.1, gt=0, le=1)
+    learning_rate: float = Field(0.15, gt=0, le=1)
+    # share of the features each tree may split on: LightGBM draws them per tree (its
+    # feature_fraction, from `seed`); scikit-learn has no per-tree draw and takes the share
+    # at each split (its max_features)
+    feature_fraction: float = Field(0.7, gt=0, le=1)
     max_leaf_nodes: int = Field(63, ge=2)
     min_samples_leaf: int = Field(40, ge=1)
     l2_regularization: float = Field(10.0, ge=0)  # without it rare classes' leaves blow up

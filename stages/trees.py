@@ -498,7 +498,8 @@ def _fit_hist_gradient_boosting(params: BoostingParams, x_train, y_train, x_val,
     model = HistGradientBoostingClassifier(
         learning_rate=params.learning_rate, max_iter=params.max_rounds,
         max_leaf_nodes=params.max_leaf_nodes, min_samples_leaf=params.min_samples_leaf,
-        l2_regularization=params.l2_regularization, early_stopping=x_val is not None,
+        l2_regularization=params.l2_regularization, max_features=params.feature_fraction,
+        early_stopping=x_val is not None,
         scoring="loss", n_iter_no_change=params.patience, random_state=params.seed)
     with threadpool_limits(n_jobs, user_api="openmp"):
         if x_val is None:
@@ -543,7 +544,7 @@ def lightgbm_settings(params: BoostingParams, n_classes: int, n_jobs: int) -> di
         "objective": "multiclass", "num_class": n_classes, "metric": "multi_logloss",
         "learning_rate": params.learning_rate, "num_leaves": params.max_leaf_nodes,
         "min_data_in_leaf": params.min_samples_leaf, "lambda_l2": params.l2_regularization,
-        "seed": params.seed, "num_threads": n_jobs,
+        "feature_fraction": params.feature_fraction, "seed": params.seed, "num_threads": n_jobs,
         # the same model from the same params and data on every run
         "deterministic": True, "force_row_wise": True, "verbose": -1,
     }

@@ -349,11 +349,12 @@ def test_boosting_equals_scikit_learn_up_to_the_best_round(data):
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     x_train, y_train, x_val, y_val, classes = data
-    model = fit("boosting", data, library="scikit-learn", learning_rate=0.5, max_rounds=40,
+    model = fit("boosting", data, library="scikit-learn", learning_rate=0.5, max_rounds=100,
                 patience=3)
     reference = HistGradientBoostingClassifier(
-        learning_rate=0.5, max_iter=40, max_leaf_nodes=7, min_samples_leaf=5,
-        l2_regularization=5.0, early_stopping=True, n_iter_no_change=3, random_state=42)
+        learning_rate=0.5, max_iter=100, max_leaf_nodes=7, min_samples_leaf=5,
+        l2_regularization=5.0, max_features=BoostingParams().feature_fraction,
+        early_stopping=True, n_iter_no_change=3, random_state=42)
     reference.fit(x_train, y_train, X_val=x_val, y_val=y_val)
     best = int(np.argmax(reference.validation_score_))
     assert 1 <= model.rounds == best < reference.n_iter_  # it did stop early and cut back
@@ -378,20 +379,20 @@ def test_boosting_equals_lightgbm_up_to_the_best_round(data):
     x_train, y_train, x_val, y_val, classes = data
     x_train = x_train.copy()
     x_train[::5, 4] = np.nan  # feature 4's splits learn where NaN goes
-    params = BoostingParams(**{**TINY["boosting"], "learning_rate": 0.5, "max_rounds": 40,
+    params = BoostingParams(**{**TINY["boosting"], "learning_rate": 0.5, "max_rounds": 100,
                                "patience": 3})
     model = trees.fit("boosting", params, x_train, y_train, x_val, y_val, len(classes), 1)
     settings = trees.lightgbm_settings(params, len(classes), 1)
     train_set = lightgbm.Dataset(x_train, y_train)
     history = {}
     reference = lightgbm.train(
-        settings, train_set, num_boost_round=40,
+        settings, train_set, num_boost_round=100,
         valid_sets=[lightgbm.Dataset(x_val, y_val, reference=train_set)],
         callbacks=[lightgbm.early_stopping(3, verbose=False),
                    lightgbm.record_evaluation(history)])
     best = reference.best_iteration
     losses = history["valid_0"]["multi_logloss"]
-    assert 1 <= model.rounds == best < len(losses) < 40  # it did stop early and cut back
+    assert 1 <= model.rounds == best < len(losses) < 100  # it did stop early and cut back
     assert losses[best - 1] == min(losses)
     assert _missing_types(reference.model_to_string(num_iteration=best)) == {"None", "NaN"}
     x = np.concatenate([x_val, model.probe_rows()])
@@ -399,6 +400,27 @@ def test_boosting_equals_lightgbm_up_to_the_best_round(data):
     x[1::4, :] = np.nan
     expected = reference.predict(x, num_iteration=best)
     np.testing.assert_allclose(model.predict_proba(x), expected, rtol=1e-12, atol=1e-15)
+
+
+def _features_per_tree(model) -> list[set[int]]:
+    """The features each tree of a fitted model splits on."""
+    bounds = np.cumsum(np.concatenate([[0], model.arrays["tree_nodes"]]))
+    feature = model.arrays["feature"]
+    return [set(feature[a:b][feature[a:b] >= 0].tolist()) for a, b in zip(bounds, bounds[1:])]
+
+
+@pytest.mark.parametrize("library", ["lightgbm", "scikit-learn"])
+def test_feature_fraction_reaches_the_library(library, data):
+    """LightGBM draws boosting.feature_fraction's share of the features per tree (one of
+    15 here: each tree splits on one feature); scikit-learn per split (a different model)."""
+    every = fit("boosting", data, library=library, feature_fraction=1.0)
+    one = fit("boosting", data, library=library, feature_fraction=1 / 15)
+    used = _features_per_tree(one)
+    assert max(len(f) for f in _features_per_tree(every)) > 1
+    if library == "lightgbm":
+        assert max(len(f) for f in used) == 1 and len(set().union(*used)) > 1
+    else:
+        assert not np.array_equal(one.predict_proba(data[2]), every.predict_proba(data[2]))
 
 
 def test_a_lightgbm_round_without_a_split_converts(data):
