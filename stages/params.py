@@ -142,7 +142,8 @@ class ForestParams(Section):
 
 class BoostingParams(Section):
     """Gradient-boosted trees, early stopping on the validation loss: LightGBM, or
-    scikit-learn's HistGradientBoostingClassifier (the same params, the same meaning)."""
+    scikit-learn's HistGradientBoostingClassifier (the same params, the same meaning but
+    for feature_fraction: per tree in LightGBM, per split in scikit-learn)."""
 
     # lightgbm: a fit about half as long, as accurate on validation (docs/results.md)
     library: Literal["lightgbm", "scikit-learn"] = "lightgbm"
