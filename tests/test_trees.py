@@ -404,9 +404,9 @@ def test_boosting_equals_lightgbm_up_to_the_best_round(data):
 
 def _features_per_tree(model) -> list[set[int]]:
     """The features each tree of a fitted model splits on."""
-    bounds = np.cumsum(np.concatenate([[0], model.arrays["tree_nodes"]]))
     feature = model.arrays["feature"]
-    return [set(feature[a:b][feature[a:b] >= 0].tolist()) for a, b in zip(bounds, bounds[1:])]
+    return [set(feature[a:b][feature[a:b] >= 0].tolist())
+            for a, b in zip(model.bounds, model.bounds[1:])]
 
 
 @pytest.mark.parametrize("library", ["lightgbm", "scikit-learn"])
