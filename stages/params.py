@@ -136,7 +136,7 @@ class ForestParams(Section):
 
     n_estimators: int = Field(200, ge=1)
     max_features: int = Field(3, ge=1, le=15)  # features tried per split; 3 = sqrt(15)
-    min_samples_leaf: int = Field(2, ge=1)
+    min_samples_leaf: int = Field(1, ge=1)
     seed: int = Field(42, ge=0)
 
 
