@@ -96,6 +96,8 @@ def test_train_stops_on_a_bad_feature_set_with_one_line(tmp_path):
     ("boosting", {"feature_fraction": 0}, "boosting.feature_fraction = 0: Input should be greater than 0"),
     ("boosting", {"feature_fraction": 1.5},
      "boosting.feature_fraction = 1.5: Input should be less than or equal to 1"),
+    ("forest", {"min_samples_leaf": 0},
+     "forest.min_samples_leaf = 0: Input should be greater than or equal to 1"),
 ])
 def test_bad_params_name_path_value_and_rule(section, raw, message):
     with pytest.raises(UserError) as excinfo:
