@@ -11,6 +11,16 @@ The sums keep the numpy walk's order: each (row, class) cell starts from the bas
 bit for bit; stages.trees still checks that on probe rows before it trusts this module.
 Each kernel compiles on its first call (about 3 s for all of them); numba caches the
 machine code beside this file, so later processes load it.
+
+Boosting's trees (at most 64 leaves each: LightGBM's and scikit-learn's at the default 63)
+take another walk, with no walk at all: the leaves of a tree are numbered left to right,
+and every split that a row fails (goes right) clears the bits of its left subtree's leaves
+from a 64-bit word that starts all ones; the lowest bit left is the row's leaf (the split
+where its path and any leaf to its left part sent it right). All the splits of a tree are
+tested for a block of rows, one split at a time, as straight-line vector code: about
+62 tests where a walk takes the tree's depth (13.7 on average, 6.6 to the leaf a row
+reaches), yet 3x the rows per second (the idea of Lucchese et al., QuickScorer, SIGIR
+2015). The sums are added in the same order, so the answers are the same bits.
 """
 
 from __future__ import annotations
@@ -27,6 +37,11 @@ from numba import njit
 # classes x rows float64 per thread (7 MB at 114 classes).
 BOOSTING_BLOCK = 256
 FOREST_BLOCK = 8192
+# Rows through the bit-mask kernel together: each split's tests are one vector loop over the
+# block (test split, 2 threads: 14,700 rows/s in blocks of 128 or 256, 20,500-21,000 in 512
+# or 1,024); the sums array is classes x rows float64 per thread (467 kB at 114 classes).
+BITS_BLOCK = 512
+BITS_LEAVES = 64  # leaves per tree at most for the bit-mask kernel: one bit each
 MIN_PART_ROWS = 256  # rows per thread, at least
 
 
@@ -73,6 +88,128 @@ def boosting_sums(x, feature, missing_left, threshold, child, roots, depths, tre
             for i in range(m):
                 sums[c, i] += node_value[node[i]]
         _store(sums, out, lo, m)
+
+
+_ONE = np.uint64(1)
+_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
+_DE_BRUIJN = np.uint64(0x03F79D71B4CB0A89)  # every 6-bit window of it differs
+_DE_BRUIJN_BIT = np.zeros(64, np.uint8)  # the window a power of two shifts up -> its bit
+for _bit in range(64):
+    _DE_BRUIJN_BIT[int(((_DE_BRUIJN << np.uint64(_bit)) >> np.uint64(58)))] = _bit
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _lowest_bit(word):
+    """The number of the lowest set bit of a non-zero uint64."""
+    low = word & (~word + _ONE)  # the lowest set bit alone: a power of two
+    return _DE_BRUIJN_BIT[(low * _DE_BRUIJN) >> np.uint64(58)]
+
+
+@njit(cache=True, nogil=True)
+def boosting_bit_sums(x, feature, missing_right, threshold, mask, split_start, leaf_start,
+                      tree_class, leaf_value, baseline, out, start, stop):
+    """boosting_sums' output from the bit-mask layout (bit_layout): the same bits."""
+    n_features = x.shape[1]
+    n_classes = baseline.shape[0]
+    columns = np.empty((n_features, BITS_BLOCK), np.float32)  # the block, feature-major
+    bits = np.empty(BITS_BLOCK, np.uint64)
+    sums = np.empty((n_classes, BITS_BLOCK), np.float64)
+    for lo in range(start, stop, BITS_BLOCK):
+        m = min(stop, lo + BITS_BLOCK) - lo
+        has_nan = False
+        for i in range(m):
+            for f in range(n_features):
+                v = x[lo + i, f]
+                columns[f, i] = v
+                has_nan |= v != v
+        for c in range(n_classes):
+            for i in range(m):
+                sums[c, i] = 0.0 + baseline[c]  # as numpy's zeros + baseline
+        for t in range(tree_class.shape[0]):
+            for i in range(m):
+                bits[i] = _ALL
+            for k in range(split_start[t], split_start[t + 1]):
+                f = feature[k]
+                limit = threshold[k]
+                keep = mask[k]  # every bit but the left subtree's leaves
+                if has_nan:  # NaN goes the way the split says
+                    nan_right = missing_right[k]
+                    for i in range(m):
+                        v = columns[f, i]
+                        right = (v > limit) | (nan_right & (v != v))
+                        bits[i] &= keep | (np.uint64(right) - _ONE)
+                else:  # no branch: a vector select
+                    for i in range(m):
+                        bits[i] &= keep if columns[f, i] > limit else _ALL
+            c = tree_class[t]
+            first = leaf_start[t]
+            for i in range(m):
+                sums[c, i] += leaf_value[first + _lowest_bit(bits[i])]
+        _store(sums, out, lo, m)
+
+
+@njit(cache=True)
+def _leaf_bits(child, is_leaf, roots, ends):
+    """Per tree, its leaves numbered left to right and each split's mask (every bit but
+    those of its left subtree's leaves); ok is False unless every tree is a tree (each
+    node but the root has one parent) of at most BITS_LEAVES leaves."""
+    n_nodes = is_leaf.shape[0]
+    parents = np.zeros(n_nodes, np.int64)
+    n_splits = 0
+    for k in range(n_nodes):
+        if not is_leaf[k]:
+            n_splits += 1
+            parents[child[2 * k]] += 1
+            parents[child[2 * k + 1]] += 1
+    n_trees = roots.shape[0]
+    leaves = np.zeros(n_nodes, np.int64)  # leaves below a node
+    first = np.zeros(n_nodes, np.int64)  # the number of its leftmost leaf in its tree
+    split_node = np.zeros(n_splits, np.int64)
+    mask = np.zeros(n_splits, np.uint64)
+    leaf_node = np.zeros(n_nodes - n_splits, np.int64)
+    split_start = np.zeros(n_trees + 1, np.int64)
+    leaf_start = np.zeros(n_trees + 1, np.int64)
+    for t in range(n_trees):
+        root, end = roots[t], ends[t]
+        if parents[root] != 0:
+            return False, split_node, mask, split_start, leaf_node, leaf_start
+        for k in range(end - 1, root - 1, -1):  # children after their parent
+            if k != root and parents[k] != 1:
+                return False, split_node, mask, split_start, leaf_node, leaf_start
+            leaves[k] = 1 if is_leaf[k] else leaves[child[2 * k]] + leaves[child[2 * k + 1]]
+        if leaves[root] > BITS_LEAVES:
+            return False, split_node, mask, split_start, leaf_node, leaf_start
+        first[root] = 0
+        split, leaf_start[t + 1] = split_start[t], leaf_start[t] + leaves[root]
+        for k in range(root, end):
+            if is_leaf[k]:
+                leaf_node[leaf_start[t] + first[k]] = k
+                continue
+            left, right = child[2 * k], child[2 * k + 1]
+            first[left] = first[k]
+            first[right] = first[k] + leaves[left]
+            split_node[split] = k
+            left_bits = ((_ONE << np.uint64(leaves[left])) - _ONE) << np.uint64(first[k])
+            mask[split] = ~left_bits
+            split += 1
+        split_start[t + 1] = split
+    return True, split_node, mask, split_start, leaf_node, leaf_start
+
+
+def bit_layout(arrays: dict[str, np.ndarray], layout: dict[str, np.ndarray],
+               bounds: np.ndarray) -> dict[str, np.ndarray] | None:
+    """boosting_bit_sums' arrays (after its ``x``, before ``tree_class``) and ``leaf_node``
+    (the node of each leaf, in their order), or None when a tree has more than
+    BITS_LEAVES leaves (node_layout's walk then)."""
+    is_leaf = np.ascontiguousarray(arrays["feature"] < 0)
+    ok, split_node, mask, split_start, leaf_node, leaf_start = _leaf_bits(
+        layout["child"], is_leaf, bounds[:-1].astype(np.int64), bounds[1:].astype(np.int64))
+    if not ok:
+        return None
+    return {"feature": layout["feature"][split_node],
+            "missing_right": ~layout["missing_left"][split_node],
+            "threshold": layout["threshold"][split_node], "mask": mask,
+            "split_start": split_start, "leaf_start": leaf_start, "leaf_node": leaf_node}
 
 
 @njit(cache=True, nogil=True)

@@ -112,6 +112,7 @@ def _concat(parts: list[dict[str, np.ndarray]], keys) -> dict[str, np.ndarray]:
 
 # the node arrays that the compiled walk takes, in its kernels' argument order
 WALK_KEYS = ("feature", "missing_left", "threshold", "child", "roots", "depths")
+BIT_KEYS = ("feature", "missing_right", "threshold", "mask", "split_start", "leaf_start")
 PROBE_ROWS = 8  # probe rows spread over each feature's thresholds (plus two with NaN)
 
 
@@ -210,12 +211,14 @@ class _Trees:
         return probe
 
     def _check_walk(self) -> None:
-        """Use the compiled walk only if it answers the probe rows as the numpy walk does."""
+        """Use the compiled walk only if it answers the probe rows as the numpy walk does
+        (the rows without NaN alone, then all: a kernel may treat a block with NaN apart)."""
         probe = self.probe_rows()
         plain = type(self)(self.arrays, self.n_classes, self.n_features, compiled=False)
         plain.temperature = self.temperature
         try:
-            same = np.array_equal(self._predict_rows(probe), plain._predict_rows(probe))
+            same = all(np.array_equal(self._predict_rows(rows), plain._predict_rows(rows))
+                       for rows in (probe[:PROBE_ROWS], probe))
         except Exception as exc:  # noqa: BLE001 - private code: any failure means numpy
             self._use_numpy(f"failed ({type(exc).__name__}: {exc})")
             return
@@ -374,15 +377,27 @@ class Boosting(_Trees):
     def _raw_batch(self, x: np.ndarray) -> np.ndarray:
         if self.walk is None:
             return super()._raw_batch(x)
-        if "leaves" not in self._cache:
-            node_value = np.zeros(len(self.is_leaf))
-            node_value[self.is_leaf] = self.leaf_value
-            tree_class = np.arange(self.n_trees, dtype=np.int64) % self.n_classes
-            self._cache["leaves"] = (tree_class, node_value,
-                                     np.ascontiguousarray(self.baseline, dtype=np.float64))
+        if "kernel" not in self._cache:
+            self._cache["kernel"] = self._compiled_kernel()
+        kernel, arrays = self._cache["kernel"]
         # column-major, as the numpy walk's (and scikit-learn's) raw scores
         raw = np.empty((len(x), self.n_classes), order="F")
-        return self._compiled_sums(self.walk.boosting_sums, x, raw, *self._cache["leaves"])
+        return self.walk.run(kernel, x, raw, self.n_threads, *arrays)
+
+    def _compiled_kernel(self):
+        """(kernel, its arrays): the bit-mask kernel for trees of at most 64 leaves, the
+        level walk for larger ones."""
+        node_value = np.zeros(len(self.is_leaf))
+        node_value[self.is_leaf] = self.leaf_value
+        tree_class = np.arange(self.n_trees, dtype=np.int64) % self.n_classes
+        baseline = np.ascontiguousarray(self.baseline, dtype=np.float64)
+        layout = self._layout()
+        bits = self.walk.bit_layout(self.arrays, layout, self.bounds)
+        if bits is None:
+            return self.walk.boosting_sums, (*(layout[k] for k in WALK_KEYS), tree_class,
+                                             node_value, baseline)
+        return self.walk.boosting_bit_sums, (
+            *(bits[k] for k in BIT_KEYS), tree_class, node_value[bits["leaf_node"]], baseline)
 
     def _finish(self, raw: np.ndarray) -> np.ndarray:
         return _softmax(raw, self.temperature)

@@ -162,9 +162,9 @@ def test_the_walk_uses_every_core_unless_capped_and_answers_the_same(fitted, dat
 
     _, model = fitted
     # several blocks of rows, the last one short, NaN in some
-    from stages.tree_walk import BOOSTING_BLOCK, FOREST_BLOCK
+    from stages.tree_walk import BITS_BLOCK, FOREST_BLOCK
 
-    block = {"forest": FOREST_BLOCK, "boosting": BOOSTING_BLOCK}[model.family]
+    block = {"forest": FOREST_BLOCK, "boosting": BITS_BLOCK}[model.family]
     x = np.tile(data[2], (-(-3 * block // len(data[2])) + 1, 1))[: 3 * block + 3]
     x[::5, 2] = np.nan
     monkeypatch.delenv("SPOTIFY_GENRE_THREADS", raising=False)
@@ -560,7 +560,8 @@ def _replace_walk(monkeypatch, **kernels):
     from stages import tree_walk
 
     fake = types.SimpleNamespace(**{name: getattr(tree_walk, name) for name in
-                                    ("node_layout", "run", "boosting_sums", "forest_sums")})
+                                    ("node_layout", "bit_layout", "run", "boosting_sums",
+                                     "boosting_bit_sums", "forest_sums")})
     for name, make in kernels.items():
         setattr(fake, name, make(getattr(tree_walk, name)))
     monkeypatch.setattr(trees, "_compiled_walk", lambda: fake)
@@ -588,6 +589,15 @@ def _fails_on_large_inputs(real):
     return kernel
 
 
+def _wrong_without_nan(real):
+    def kernel(x, *rest):
+        real(x, *rest)
+        out, start, stop = rest[-3:]
+        if not np.isnan(x[start:stop]).any():  # right only where a NaN takes the slow path
+            out[start:stop] = out[start:stop][::-1]
+    return kernel
+
+
 def _broken_layout(real):
     def node_layout(arrays, bounds):
         layout = real(arrays, bounds)
@@ -596,18 +606,29 @@ def _broken_layout(real):
     return node_layout
 
 
-@pytest.mark.parametrize("case", ["signature", "answers", "layout", "late failure"])
+def _broken_bit_layout(real):
+    def bit_layout(arrays, layout, bounds):
+        bits = real(arrays, layout, bounds)
+        bits["mask"] = bits["mask"] << np.uint64(1)  # every split clears the wrong leaves
+        return bits
+    return bit_layout
+
+
+@pytest.mark.parametrize("case", ["signature", "answers", "answers without NaN", "layout",
+                                  "late failure"])
 def test_any_failure_of_the_compiled_walk_means_numpy(case, fitted, data, tmp_path,
                                                       monkeypatch, capsys):
     path = _saved(fitted, data, tmp_path)
     x = _rows_with_nan(data)
     expected = _numpy_answer(path, x)
     kernel = {"signature": _wrong_signature, "answers": _wrong_sums,
+              "answers without NaN": _wrong_without_nan,
               "late failure": _fails_on_large_inputs}.get(case)
     if kernel:
-        _replace_walk(monkeypatch, boosting_sums=kernel, forest_sums=kernel)
+        _replace_walk(monkeypatch, boosting_sums=kernel, boosting_bit_sums=kernel,
+                      forest_sums=kernel)
     else:
-        _replace_walk(monkeypatch, node_layout=_broken_layout)
+        _replace_walk(monkeypatch, node_layout=_broken_layout, bit_layout=_broken_bit_layout)
     model = trees.load(path)[0]
     if case == "late failure":
         assert model.walk is not None  # the probe passed
@@ -915,3 +936,86 @@ def test_walk_layout_keeps_feature_indices_past_255():
     assert layout["feature"].tolist() == [300, 0, 0]
     assert layout["child"].tolist() == [1, 2, 1, 1, 2, 2]  # a leaf is its own child
     assert layout["depths"].tolist() == [1]
+
+
+def _kernel(model) -> str:
+    model.predict_proba(np.zeros((1, model.n_features), np.float32))
+    return model._cache["kernel"][0].__name__
+
+
+def test_boosting_takes_the_bit_masks_up_to_64_leaves_and_the_walk_above(data):
+    """Trees of at most 64 leaves go through the bit-mask kernel, larger ones through the
+    level walk; both give the numpy walk's bits, NaN or not."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3000, len(FEATURES))).astype("float32")
+    y = rng.integers(0, 3, size=3000)  # noise: trees grow as far as they may
+    x[::3, 5] = np.nan
+    for leaves, kernel in ((64, "boosting_bit_sums"), (65, "boosting_sums")):
+        params = trees.PARAMS["boosting"](max_leaf_nodes=leaves, min_samples_leaf=2,
+                                          max_rounds=2)
+        model = trees.fit("boosting", params, x, y, x[:300], y[:300], 3, n_jobs=1)
+        n_leaves = np.add.reduceat(model.is_leaf, model.bounds[:-1].astype(np.int64))
+        assert n_leaves.max() == leaves  # the data let a tree grow that far
+        assert model.walk is not None and _kernel(model) == kernel
+        plain = trees.Boosting(model.arrays, model.n_classes, model.n_features, compiled=False)
+        np.testing.assert_array_equal(model.predict_proba(x), plain.predict_proba(x))
+        np.testing.assert_array_equal(model.predict_proba(x[1::3]), plain.predict_proba(x[1::3]))
+
+
+def _tree_arrays(left, right, feature):
+    """One tree in the file layout from absolute child numbers (-1 at a leaf)."""
+    left, right = np.array(left), np.array(right)
+    nodes = np.arange(len(left))
+    return {"feature": np.array(feature), "left": np.where(left < 0, 0, left - nodes),
+            "right": np.where(right < 0, 0, right - nodes),
+            "threshold": np.zeros(len(left), np.float32), "missing_left": np.zeros(len(left), bool)}
+
+
+def test_bit_layout_numbers_leaves_left_to_right_and_masks_left_subtrees():
+    from stages import tree_walk
+
+    #        0
+    #      /   \
+    #     1     2
+    #    / \   / \
+    #   3   4 5   6      leaves 3, 4, 5, 6 and ... 6 splits again:
+    #            / \
+    #           7   8
+    arrays = _tree_arrays(left=[1, 3, 5, -1, -1, -1, 7, -1, -1],
+                          right=[2, 4, 6, -1, -1, -1, 8, -1, -1],
+                          feature=[0, 1, 2, -1, -1, -1, 3, -1, -1])
+    bounds = np.array([0, 9])
+    bits = tree_walk.bit_layout(arrays, tree_walk.node_layout(arrays, bounds), bounds)
+    assert bits["leaf_node"].tolist() == [3, 4, 5, 7, 8]
+    assert bits["split_start"].tolist() == [0, 4] and bits["leaf_start"].tolist() == [0, 5]
+    cleared = [int(~m & np.uint64(0xFF)) for m in bits["mask"]]  # the left subtree's leaves
+    assert cleared == [0b00011, 0b00001, 0b00100, 0b01000]  # splits 0, 1, 2, 6
+    assert bits["feature"].tolist() == [0, 1, 2, 3]
+
+
+def _chain(n_splits):
+    """A tree whose every split has a leaf on the left and the next split on the right."""
+    n_nodes = 2 * n_splits + 1
+    left = [k + 1 if k % 2 == 0 and k < n_nodes - 1 else -1 for k in range(n_nodes)]
+    right = [k + 2 if k % 2 == 0 and k < n_nodes - 1 else -1 for k in range(n_nodes)]
+    return _tree_arrays(left, right, [0 if side >= 0 else -1 for side in left])
+
+
+def test_bit_layout_refuses_shared_children_and_wide_trees():
+    """A node with two parents (a file may say so; every walk still ends) or a tree of more
+    than 64 leaves: no bit layout, so the level walk answers."""
+    from stages import tree_walk
+
+    def layout(arrays):
+        bounds = np.array([0, len(arrays["feature"])])
+        return tree_walk.bit_layout(arrays, tree_walk.node_layout(arrays, bounds), bounds)
+
+    assert layout(_tree_arrays(left=[1, 3, -1, -1, -1], right=[2, 4, -1, -1, -1],
+                               feature=[0, 1, -1, -1, -1])) is not None
+    # node 2 under both 0 and 1
+    assert layout(_tree_arrays(left=[1, 2, -1, -1], right=[2, 3, -1, -1],
+                               feature=[0, 1, -1, -1])) is None
+    bits = layout(_chain(63))  # 64 leaves
+    assert bits is not None and bits["leaf_start"].tolist() == [0, 64]
+    assert int(bits["mask"][-1]) == (1 << 64) - 1 - (1 << 62)  # the last split's left leaf
+    assert layout(_chain(64)) is None  # 65 leaves
