@@ -169,16 +169,15 @@ def _leaf_bits(child, is_leaf, roots, ends):
     leaf_node = np.zeros(n_nodes - n_splits, np.int64)
     split_start = np.zeros(n_trees + 1, np.int64)
     leaf_start = np.zeros(n_trees + 1, np.int64)
+    ok = True
     for t in range(n_trees):
         root, end = roots[t], ends[t]
-        if parents[root] != 0:
-            return False, split_node, mask, split_start, leaf_node, leaf_start
         for k in range(end - 1, root - 1, -1):  # children after their parent
-            if k != root and parents[k] != 1:
-                return False, split_node, mask, split_start, leaf_node, leaf_start
+            ok &= parents[k] == (0 if k == root else 1)
             leaves[k] = 1 if is_leaf[k] else leaves[child[2 * k]] + leaves[child[2 * k + 1]]
-        if leaves[root] > BITS_LEAVES:
-            return False, split_node, mask, split_start, leaf_node, leaf_start
+        ok &= leaves[root] <= BITS_LEAVES
+        if not ok:
+            break
         first[root] = 0
         split, leaf_start[t + 1] = split_start[t], leaf_start[t] + leaves[root]
         for k in range(root, end):
@@ -193,7 +192,7 @@ def _leaf_bits(child, is_leaf, roots, ends):
             mask[split] = ~left_bits
             split += 1
         split_start[t + 1] = split
-    return True, split_node, mask, split_start, leaf_node, leaf_start
+    return ok, split_node, mask, split_start, leaf_node, leaf_start
 
 
 def bit_layout(arrays: dict[str, np.ndarray], layout: dict[str, np.ndarray],
