@@ -9,6 +9,7 @@ stages, which depend on this file, don't re-run when the TensorFlow set-up chang
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import io
 import json
@@ -110,11 +111,42 @@ def threads() -> int:
     return thread_limit() or os.cpu_count() or 1
 
 
+# glibc's malloc (mallopt's parameter numbers)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
+HEAP_BLOCKS_UP_TO = 1 << 30  # larger blocks still go straight to the system
+KEEP_FREED_UP_TO = (1 << 31) - 1  # the heap's free top is handed back only above this
+
+
+def reuse_freed_memory() -> bool:
+    """Let glibc's malloc reuse freed large blocks instead of returning them to the system.
+
+    By default every block above 128 KB-32 MB is mapped on allocation and unmapped when
+    freed, so each new array or tensor of that size touches fresh zeroed pages again. On a
+    machine that backs memory lazily (a VM) those page faults were a tenth to a third of a
+    stage's time: 15 million in one dvc repro, 80-140 s of system time. Blocks up to 1 GB
+    now come from the heap, freed ones stay there for the next allocation, and the
+    threads share one heap (one per thread held freed blocks that the others could not
+    reuse: the forest's fit peaked 0.4 GB higher). True when glibc took the settings;
+    elsewhere (macOS, Windows, musl) nothing changes.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return all([mallopt(M_MMAP_THRESHOLD, HEAP_BLOCKS_UP_TO),
+                mallopt(M_TRIM_THRESHOLD, KEEP_FREED_UP_TO), mallopt(M_ARENA_MAX, 1)])
+
+
 def cli(main: Callable[..., None]) -> Callable[..., None]:
-    """Turn UserError (and Ctrl-C) into one line on stderr and a non-zero exit."""
+    """Turn UserError (and Ctrl-C) into one line on stderr and a non-zero exit; the run's
+    large blocks of memory are reused (reuse_freed_memory)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
+        reuse_freed_memory()
         try:
             return main(*args, **kwargs)
         except UserError as exc:
