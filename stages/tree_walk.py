@@ -236,25 +236,36 @@ def forest_sums(x, feature, missing_left, threshold, child, roots, depths, node_
 @njit(cache=True)
 def tree_depths(child, roots, ends):
     """Each tree's depth (the most splits on a path); children come after their parent."""
-    depth = np.zeros(child.shape[0] // 2, np.int64)
+    widest = 0
+    for t in range(roots.shape[0]):
+        widest = max(widest, ends[t] - roots[t])
+    depth = np.zeros(widest, np.int64)  # of one tree's nodes at a time
     depths = np.zeros(roots.shape[0], np.int64)
     for t in range(roots.shape[0]):
-        for k in range(roots[t], ends[t]):
+        first = roots[t]
+        depth[: ends[t] - first] = 0
+        for k in range(first, ends[t]):
             for side in range(2):
                 below = child[2 * k + side]
                 if below != k:
-                    depth[below] = depth[k] + 1
-            depths[t] = max(depths[t], depth[k])
+                    depth[below - first] = depth[k - first] + 1
+            depths[t] = max(depths[t], depth[k - first])
     return depths
+
+
+@njit(cache=True)
+def _fill_children(leaf, left, right, child):
+    """child[2k], child[2k + 1]: node k's children by number, a leaf's both itself."""
+    for k in range(leaf.shape[0]):
+        child[2 * k] = k if leaf[k] else k + left[k]
+        child[2 * k + 1] = k if leaf[k] else k + right[k]
 
 
 def node_layout(arrays: dict[str, np.ndarray], bounds: np.ndarray) -> dict[str, np.ndarray]:
     """The walk's arrays for a checked file layout (stages.trees): a leaf is its own child."""
     leaf = arrays["feature"] < 0
-    nodes = np.arange(len(leaf), dtype=np.int64)
     child = np.empty(2 * len(leaf), dtype=np.uint32)
-    child[0::2] = nodes + np.where(leaf, 0, arrays["left"])
-    child[1::2] = nodes + np.where(leaf, 0, arrays["right"])
+    _fill_children(leaf, arrays["left"], arrays["right"], child)
     roots = bounds[:-1].astype(np.uint32)
     feature = np.where(leaf, 0, arrays["feature"])
     return {"feature": feature.astype(np.uint8 if feature.max() < 256 else np.uint32),

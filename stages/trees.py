@@ -44,6 +44,7 @@ Every predictor takes the 15 raw feature values, float32, shape (n, 15), in
 
 from __future__ import annotations
 
+import copy
 import importlib
 import math
 import sys
@@ -61,6 +62,7 @@ FILE_FORMAT = "spotify-genre-trees"
 FORMAT_VERSION = 1
 FOREST_CHUNK = 10  # trees fitted at a time: scikit-learn keeps a dense class vector per node
 PAIRS_PER_BATCH = 1 << 21  # (row, tree) pairs walked at once: bounds predict memory
+CHECK_NODES = 1 << 20  # nodes checked at once when a file is read
 COMPILED_ROWS = 1 << 16  # rows per batch in the compiled walk (it keeps only their sums)
 
 
@@ -214,8 +216,8 @@ class _Trees:
         """Use the compiled walk only if it answers the probe rows as the numpy walk does
         (the rows without NaN alone, then all: a kernel may treat a block with NaN apart)."""
         probe = self.probe_rows()
-        plain = type(self)(self.arrays, self.n_classes, self.n_features, compiled=False)
-        plain.temperature = self.temperature
+        plain = copy.copy(self)  # the same trees and leaves, walked by numpy
+        plain.walk, plain._cache = None, {}
         try:
             same = all(np.array_equal(self._predict_rows(rows), plain._predict_rows(rows))
                        for rows in (probe[:PROBE_ROWS], probe))
@@ -248,25 +250,21 @@ class _Trees:
     def _leaves(self, x: np.ndarray) -> np.ndarray:
         """The numpy walk: leaf number reached by every (row, tree) pair, row-major (row 0's
         trees first)."""
-        if "numpy" not in self._cache:
-            a = self.arrays
-            nodes = np.arange(len(self.is_leaf))
-            self._cache["numpy"] = (  # global child numbers; a leaf points at itself
-                np.maximum(a["feature"], 0).astype(np.int64),
-                nodes + np.where(self.is_leaf, 0, a["left"]),
-                nodes + np.where(self.is_leaf, 0, a["right"]),
-                np.cumsum(self.is_leaf) - 1)  # node -> leaf number, at leaves
-        feature, left, right, leaf_index = self._cache["numpy"]
-        threshold, missing_left = self.arrays["threshold"], self.arrays["missing_left"]
+        if "leaf_number" not in self._cache:  # node -> leaf number, at leaves
+            self._cache["leaf_number"] = np.cumsum(self.is_leaf) - 1
+        leaf_index = self._cache["leaf_number"]
+        # the file's arrays, read at the nodes a row reaches only (children are offsets)
+        feature, threshold, left, right, missing_left = (
+            self.arrays[k] for k in ("feature", "threshold", "left", "right", "missing_left"))
         node = np.tile(self.bounds[:-1], len(x))
         row = np.repeat(np.arange(len(x)), self.n_trees)
         flat_x = x.ravel()
         active = np.flatnonzero(~self.is_leaf[node])
         while active.size:
             at = node[active]
-            value = flat_x[row[active] * x.shape[1] + feature[at]]
+            value = flat_x[row[active] * x.shape[1] + feature[at].astype(np.int64)]
             go_left = (value <= threshold[at]) | (np.isnan(value) & missing_left[at])
-            at = np.where(go_left, left[at], right[at])
+            at = at + np.where(go_left, left[at], right[at]).astype(np.int64)
             node[active] = at
             active = active[~self.is_leaf[at]]
         return leaf_index[node]
@@ -792,19 +790,23 @@ def _check(arrays: dict, family: str, n_classes: int, n_features: int) -> dict:
         raise _Invalid("tree sizes do not add up")
     if any(len(arrays[k]) != n_nodes for k in NODE_KEYS[2:]):
         raise _Invalid("node arrays differ in length")
-    feature = arrays["feature"].astype(np.int64)
-    if feature.min() < -1 or feature.max() >= n_features:
+    feature = arrays["feature"]
+    if int(feature.min()) < -1 or int(feature.max()) >= n_features:
         raise _Invalid("feature index out of range")
     if np.isnan(arrays["threshold"]).any():
         raise _Invalid("NaN threshold")
     leaf = feature < 0
-    tree = np.repeat(np.arange(len(tree_nodes)), tree_nodes)
-    local = np.arange(n_nodes) - np.concatenate([[0], np.cumsum(tree_nodes)[:-1]])[tree]
-    for side in ("left", "right"):
-        child = local + arrays[side].astype(np.int64)
-        # children after their parent: no cycles, so every walk ends at a leaf
-        if np.any(~leaf & ((child <= local) | (child >= tree_nodes[tree]))):
-            raise _Invalid(f"{side} child out of range")
+    tree_ends = np.cumsum(tree_nodes)
+    # in slices of nodes: the whole file's temporaries would be 8 bytes a node each
+    for begin in range(0, n_nodes, CHECK_NODES):
+        node = np.arange(begin, min(begin + CHECK_NODES, n_nodes))
+        tree_end = tree_ends[np.searchsorted(tree_ends, node, side="right")]
+        inner = ~leaf[node[0] : node[-1] + 1]
+        for side in ("left", "right"):
+            child = node + arrays[side][node[0] : node[-1] + 1].astype(np.int64)
+            # children after their parent, in its tree: no cycles, every walk ends at a leaf
+            if np.any(inner & ((child <= node) | (child >= tree_end))):
+                raise _Invalid(f"{side} child out of range")
     n_leaves = int(leaf.sum())
     if family == "forest":
         nnz = arrays["leaf_nnz"].astype(np.int64)

@@ -738,6 +738,25 @@ def test_negative_indices_give_the_one_line_error(key, value, data, tmp_path):
     assert message.endswith(")") and "\n" not in message
 
 
+@pytest.mark.parametrize("check_nodes", [7, 1 << 20])
+def test_a_child_in_the_next_tree_is_refused_wherever_the_checked_slices_end(
+        check_nodes, fitted, data, tmp_path, monkeypatch):
+    """The file is checked a slice of nodes at a time: a slice boundary inside a tree (7)
+    or none (2**20) must not change which children are in their tree."""
+    monkeypatch.setattr(trees, "CHECK_NODES", check_nodes)
+    path = _saved(fitted, data, tmp_path)
+    np.testing.assert_array_equal(trees.load(path)[0].predict_proba(data[2]),
+                                  fitted[1].predict_proba(data[2]))
+    with np.load(path, allow_pickle=False) as archive:
+        first_tree = int(archive["tree_nodes"][0])
+        last_split = int(np.flatnonzero(archive["feature"][:first_tree] >= 0)[-1])
+        right = archive["right"].astype(np.int64)
+    right[last_split] = first_tree - last_split  # the next tree's root: a node, not its tree's
+    bad = _with(path, tmp_path, "next_tree.npz", right=right)
+    with pytest.raises(UserError, match="right child out of range"):
+        trees.load(bad)
+
+
 def test_unsigned_indices_beyond_int64_are_refused(data, tmp_path):
     path = tmp_path / "f.npz"
     trees.save(fit("forest", data), path, data[-1], FEATURES)
