@@ -115,19 +115,24 @@ def shuffled(x: np.ndarray, y: np.ndarray, batch_size: int):
 
 
 def mean_monitor(model, x_val: np.ndarray, y_val: np.ndarray):
-    """Adds val_mean_loss / val_mean_accuracy (the served model: the members' mean
-    probabilities) to each epoch's logs, for early stopping and the epoch line."""
+    """Adds val_loss / val_accuracy / val_top5 of the served model (the members' mean
+    probabilities) to each epoch's logs, for early stopping, the learning curve and the
+    epoch line: the ensemble's one validation pass an epoch (Keras' own would score the
+    members, a second pass)."""
     import keras  # noqa: PLC0415
 
     batches = in_order(x_val, 4096)
+    rows = np.arange(len(y_val))
 
     class MeanMonitor(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             proba = np.clip(model.predict(batches, verbose=0), 1e-7, 1.0)
-            picked = proba[np.arange(len(y_val)), y_val]
+            picked = proba[rows, y_val]
             if logs is not None:
-                logs["val_mean_loss"] = float(-np.log(picked).mean())
-                logs["val_mean_accuracy"] = float((proba.argmax(axis=1) == y_val).mean())
+                logs["val_loss"] = float(-np.log(picked).mean())
+                logs["val_accuracy"] = float((proba.argmax(axis=1) == y_val).mean())
+                # Keras' top-k rule: the true class counts when fewer than 5 score higher
+                logs["val_top5"] = float(((proba > picked[:, None]).sum(axis=1) < 5).mean())
 
     return MeanMonitor()
 
@@ -217,11 +222,12 @@ def fit_network(family: str, params, x: np.ndarray, y: np.ndarray, classes, feat
         ensemble = fitted is not model
         callbacks = [*([mean_monitor(model, x_val, y_val)] if ensemble else []),
                      keras.callbacks.EarlyStopping(
-                         monitor="val_mean_loss" if ensemble else "val_loss", mode="min",
+                         monitor="val_loss", mode="min",
                          patience=params.patience, restore_best_weights=True)]
-        # Keras validates in batches of the training batch size
-        fit_options = {"validation_data": in_order(
-            (x_val, models.targets(y_val, len(classes), params, fitted)), params.batch_size)}
+        if not ensemble:  # Keras validates in batches of the training batch size
+            fit_options = {"validation_data": in_order(
+                (x_val, models.targets(y_val, len(classes), params, fitted)),
+                params.batch_size)}
     callbacks += [epoch_printer(epochs), *extra_callbacks]
     y_fit = models.targets(y, len(classes), params, fitted)
     if getattr(params, "feature_dropout", 0) > 0:  # the model learns to do without features
@@ -274,7 +280,7 @@ def fit_calibrated(family: str, params, train_frame, val_frame, classes,
         "val_top5": round(float(val_top5), 5),
         "val_loss": round(float(val_loss), 5),
         "epochs_run": len(history["loss"]),
-        "best_epoch": int(np.argmin(history.get("val_mean_loss", history["val_loss"]))) + 1,
+        "best_epoch": int(np.argmin(history["val_loss"])) + 1,
         "train_seconds": round(seconds, 1),
         "parameters": int(model.count_params()),
         **calibration,

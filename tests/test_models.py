@@ -15,6 +15,7 @@ from tests.conftest import make_tracks
 quiet_tensorflow()
 
 from stages import model_files, models, train  # noqa: E402
+import keras  # noqa: E402
 
 CLASSES = ["acoustic", "blues", "chill", "dance"]
 
@@ -252,17 +253,22 @@ def test_predict_proba_uses_an_objects_own_predict_proba():
 def test_an_ensemble_stops_on_its_mean_not_its_members(frames):
     params = validate("mlp", {"ensemble_size": 3, "hidden": [8], "epochs": 3, "batch_size": 32})
     model, history, summary = train.train("mlp", params, *frames, CLASSES)
-    # the served model's own validation loss and accuracy, once per epoch
-    assert len(history["val_mean_loss"]) == len(history["val_mean_accuracy"]) == 3
-    assert summary["best_epoch"] == int(np.argmin(history["val_mean_loss"])) + 1
+    # the served model's own validation scores, once per epoch (one pass: not the members')
+    assert len(history["val_loss"]) == len(history["val_accuracy"]) == 3
+    assert not [key for key in history if key.startswith("val_mean")]
+    assert summary["best_epoch"] == int(np.argmin(history["val_loss"])) + 1
     val_x = frames[1][FEATURES].to_numpy("float32")
     y = label_indices(frames[1], CLASSES)
     proba = model.predict(val_x, verbose=0)
     best = summary["best_epoch"] - 1  # restored weights: the best epoch's mean loss
-    assert -np.log(proba[np.arange(len(y)), y]).mean() == pytest.approx(
-        history["val_mean_loss"][best], rel=1e-4)
+    picked = np.clip(proba, 1e-7, 1.0)[np.arange(len(y)), y]
+    assert -np.log(picked).mean() == pytest.approx(history["val_loss"][best], rel=1e-4)
+    assert (proba.argmax(axis=1) == y).mean() == pytest.approx(history["val_accuracy"][best])
+    top5 = keras.metrics.SparseTopKCategoricalAccuracy(k=5)
+    top5.update_state(y, proba)
+    assert float(top5.result()) == pytest.approx(history["val_top5"][best])
     single = train.train("mlp", params.model_copy(update={"ensemble_size": 1}), *frames, CLASSES)
-    assert "val_mean_loss" not in single[1]
+    assert len(single[1]["val_loss"]) == 3 and "val_top5" in single[1]
 
 
 def test_a_masked_mlp_answers_with_features_missing_and_round_trips(frames, tmp_path):
