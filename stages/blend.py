@@ -86,21 +86,27 @@ def tempered_log_loss(weights: np.ndarray, temperature: float, stacked: np.ndarr
     """Log loss of softmax(log(sum_i w_i p_i) / T), the blend's probabilities once tempered
     (``stacked``: members x rows x classes); with ``gradient``, also its gradient in
     (w_1 .. w_m, log T)."""
-    from scipy.special import logsumexp  # noqa: PLC0415
-
     mixed = np.maximum(np.tensordot(weights, stacked, axes=1), TINY)
-    logits = np.log(mixed) / temperature
-    rows = np.arange(len(y))
-    norm = logsumexp(logits, axis=1)
-    loss = float((norm - logits[rows, y]).mean())
+    log_mixed = np.log(mixed)
     if not gradient:
-        return loss
+        return _tempered_loss(log_mixed, temperature, y)[0]
+    loss, logits, norm = _tempered_loss(log_mixed, temperature, y)
+    rows = np.arange(len(y))
     residual = np.exp(logits - norm[:, None])  # softmax, minus the true class's one-hot
     residual[rows, y] -= 1.0
     residual /= len(y)
     by_weight = np.einsum("rc,mrc->m", residual / (mixed * temperature), stacked)
     by_log_temperature = -float((residual * logits).sum())
     return loss, np.append(by_weight, by_log_temperature)
+
+
+def _tempered_loss(log_mixed: np.ndarray, temperature: float, y: np.ndarray):
+    """(loss, logits, their log-sum-exp per row) of softmax(log_mixed / T) against y."""
+    logits = log_mixed / temperature
+    top = logits.max(axis=1)
+    # log-sum-exp in plain numpy: scipy's generic one took half the stage's time
+    norm = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+    return float((norm - logits[np.arange(len(y)), y]).mean()), logits, norm
 
 
 def fit_tempered_weights(stacked: np.ndarray, y: np.ndarray, start: np.ndarray) -> np.ndarray:
@@ -120,8 +126,8 @@ def fit_tempered_weights(stacked: np.ndarray, y: np.ndarray, start: np.ndarray) 
 
     def best_temperature_loss(weights):
         # convex in 1/T (a log-sum-exp of terms linear in it): the bounded search is global
-        found = minimize_scalar(lambda inverse: tempered_log_loss(weights, 1.0 / inverse,
-                                                                  stacked, y),
+        log_mixed = np.log(np.maximum(np.tensordot(weights, stacked, axes=1), TINY))
+        found = minimize_scalar(lambda inverse: _tempered_loss(log_mixed, 1.0 / inverse, y)[0],
                                 bounds=(1.0 / TEMPERATURE_RANGE[1], 1.0 / TEMPERATURE_RANGE[0]),
                                 method="bounded", options={"xatol": 1e-6})
         return float(found.fun)
