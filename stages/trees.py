@@ -247,12 +247,16 @@ class _Trees:
         return self.walk.run(kernel, x, out, self.n_threads,
                              *(layout[k] for k in WALK_KEYS), *leaf_arrays)
 
+    def _leaf_numbers(self) -> np.ndarray:
+        """Node -> leaf number (meaningful at leaves), computed once for both walks."""
+        if "leaf_number" not in self._cache:
+            self._cache["leaf_number"] = np.cumsum(self.is_leaf) - 1
+        return self._cache["leaf_number"]
+
     def _leaves(self, x: np.ndarray) -> np.ndarray:
         """The numpy walk: leaf number reached by every (row, tree) pair, row-major (row 0's
         trees first)."""
-        if "leaf_number" not in self._cache:  # node -> leaf number, at leaves
-            self._cache["leaf_number"] = np.cumsum(self.is_leaf) - 1
-        leaf_index = self._cache["leaf_number"]
+        leaf_index = self._leaf_numbers()
         # the file's arrays, read at the nodes a row reaches only (children are offsets)
         feature, threshold, left, right, missing_left = (
             self.arrays[k] for k in ("feature", "threshold", "left", "right", "missing_left"))
@@ -342,7 +346,7 @@ class Forest(_Trees):
         if self.walk is None:
             return super()._raw_batch(x)
         if "leaves" not in self._cache:
-            self._cache["leaves"] = (np.cumsum(self.is_leaf) - 1, self.leaf_start,
+            self._cache["leaves"] = (self._leaf_numbers(), self.leaf_start,
                                      self.leaf_class.astype(np.int64), self.leaf_value)
         sums = np.empty((len(x), self.n_classes))
         return self._compiled_sums(self.walk.forest_sums, x, sums,
@@ -799,11 +803,12 @@ def _check(arrays: dict, family: str, n_classes: int, n_features: int) -> dict:
     tree_ends = np.cumsum(tree_nodes)
     # in slices of nodes: the whole file's temporaries would be 8 bytes a node each
     for begin in range(0, n_nodes, CHECK_NODES):
-        node = np.arange(begin, min(begin + CHECK_NODES, n_nodes))
+        stop = min(begin + CHECK_NODES, n_nodes)
+        node = np.arange(begin, stop)
         tree_end = tree_ends[np.searchsorted(tree_ends, node, side="right")]
-        inner = ~leaf[node[0] : node[-1] + 1]
+        inner = ~leaf[begin:stop]
         for side in ("left", "right"):
-            child = node + arrays[side][node[0] : node[-1] + 1].astype(np.int64)
+            child = node + arrays[side][begin:stop].astype(np.int64)
             # children after their parent, in its tree: no cycles, every walk ends at a leaf
             if np.any(inner & ((child <= node) | (child >= tree_end))):
                 raise _Invalid(f"{side} child out of range")
