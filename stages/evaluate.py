@@ -5,7 +5,10 @@ family and the blend: accuracy, top-5, macro-F1 and calibration error, plus the 
 set's chance and ceiling lines) and reports/evaluate.json (every metric of every model,
 for reading, and each model's accuracy difference from the best single family, chosen
 by validation accuracy, with its 95% paired-bootstrap interval over the test split's
-recordings). The published model's confusion analysis is the publish stage's job.
+recordings). The same once every model answers at 66 classes, its probabilities summed
+per class of the learned taxonomy and of the study's merge (what `predict --level`
+answers), with the reference chosen on the folded validation split ("folded" in the
+report). The published model's confusion analysis is the publish stage's job.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from sklearn.metrics import f1_score, log_loss
 
 from stages.common import (
     FEATURES,
+    GENRE_COLUMN,
     ID_COLUMN,
     LABEL_COLUMN,
     METRICS_DIR,
@@ -26,6 +30,7 @@ from stages.common import (
     PLOTS_DIR,
     REPORTS_DIR,
     SPLITS,
+    UserError,
     cli,
     label_indices,
     read_labeled,
@@ -192,6 +197,53 @@ def comparisons(right: dict[str, np.ndarray], val_accuracy: dict[str, float],
     }
 
 
+def folded_comparisons(test_probas: dict[str, np.ndarray], val_probas: dict[str, np.ndarray],
+                       test: pd.DataFrame, val: pd.DataFrame, classes: list[str],
+                       taxonomies: dict[str, dict[str, str]], singles) -> dict:
+    """Every model answering at a coarser level: its probabilities summed per class of each
+    taxonomy ({name: {genre: class}}) the model's classes nest in, as `predict --level`
+    answers. Per taxonomy: each model's test accuracy and the chance line, and
+    comparisons() against the single family best on the folded validation split."""
+    from stages.taxonomy import class_genres, coarse_fold, coarse_labels  # noqa: PLC0415
+
+    genres_of = class_genres(test)
+    groups = recording_ids(test)
+    folded = {}
+    for name, mapping in taxonomies.items():
+        fold = coarse_fold(classes, mapping, genres_of)
+        if fold is None or len(fold[0]) >= len(classes):  # no nesting, or nothing merged
+            continue
+        index, matrix = fold
+        actual, val_actual = coarse_labels(test, mapping, index), coarse_labels(val, mapping, index)
+        if actual is None or val_actual is None:
+            continue
+        right = {model: top_class(proba @ matrix) == actual
+                 for model, proba in test_probas.items()}
+        val_accuracy = {model: float((top_class(proba @ matrix) == val_actual).mean())
+                        for model, proba in val_probas.items()}
+        folded[name] = {
+            "classes": len(index),
+            "chance": round(float(np.bincount(actual).max() / len(actual)), 5),
+            "accuracy": {model: round(float(hits.mean()), 5) for model, hits in right.items()},
+            "val_accuracy": {model: round(acc, 5) for model, acc in val_accuracy.items()},
+            "comparison": comparisons(right, val_accuracy, groups, singles),
+        }
+    return folded
+
+
+def merged_taxonomies(genres: set[str]) -> dict[str, dict[str, str]]:
+    """{learned, study: {genre: class}} for the taxonomy files this data fits."""
+    from stages.merge_genres import GROUPS_FILES, genre_mapping, read_groups  # noqa: PLC0415
+
+    taxonomies = {}
+    for name, path in GROUPS_FILES.items():
+        try:
+            taxonomies[name] = genre_mapping(read_groups(path), genres, path)
+        except UserError:  # no such file, or its genres are not all in this data
+            continue
+    return taxonomies
+
+
 def reliability_curve(proba: np.ndarray, actual: np.ndarray) -> pd.DataFrame:
     """The reliability diagram's points: per confidence bin with rows, its mean confidence
     (top-1 probability) and the share of those rows that are right."""
@@ -229,6 +281,7 @@ def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train") 
         is_blend,
         load_model,
         predict_proba,
+        read_classes_and_features,
         read_features,
         same_member_files,
     )
@@ -243,7 +296,7 @@ def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train") 
     union = [f for f in FEATURES if f in used]
     seen = seen_in_train(test, splits["train"], union)
     report = {"families": {}}
-    curves, right, val_accuracy, probas = {}, {}, {}, {}
+    curves, right, val_accuracy, probas, val_probas = {}, {}, {}, {}, {}
     for family, path in paths.items():  # one model in memory at a time
         # a blend member that is byte for byte a family scored above is neither loaded nor
         # run again: its test probabilities are that family's
@@ -263,6 +316,7 @@ def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train") 
             family, len(val), len(classes), final_fit,
             lambda: predict_proba(model, val[features].to_numpy("float32")))
         del model
+        val_probas[family] = val_proba
         val_accuracy[family] = round(float(
             (top_class(val_proba) == label_indices(val, classes)).mean()), 5)
         report["families"][family] = {
@@ -273,6 +327,11 @@ def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train") 
     report["test_set"] = test_set_stats(test, seen, classes, union)
     report["final_fit"] = final_fit
     report["comparison"] = comparisons(right, val_accuracy, recording_ids(test), FAMILIES)
+    # one class list for every model here (a pipeline run), else no folding
+    if len({tuple(read_classes_and_features(path)[0]) for path in paths.values()}) == 1:
+        genres = set().union(*(set(frame[GENRE_COLUMN]) for frame in splits.values()))
+        report["folded"] = folded_comparisons(probas, val_probas, test, splits["val"], classes,
+                                              merged_taxonomies(genres), FAMILIES)
     return report, curves
 
 
@@ -295,6 +354,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"evaluate {name} - {comparison['reference']} (best on validation): "
               f"{gap['difference']:+.4f}, 95% interval [{gap['low']:+.4f}, {gap['high']:+.4f}] "
               f"over {comparison['groups']} test recordings")
+    for taxonomy, folded in report.get("folded", {}).items():
+        comparison = folded["comparison"]
+        for name in ("blend",) if "blend" in comparison["models"] else ():
+            gap = comparison["models"][name]
+            print(f"evaluate {name} at {folded['classes']} classes ({taxonomy}, folded): "
+                  f"{folded['accuracy'][name]:.4f}, {gap['difference']:+.4f} "
+                  f"[{gap['low']:+.4f}, {gap['high']:+.4f}] against {comparison['reference']}, "
+                  f"chance {folded['chance']:.4f}")
     print(f"evaluate: {stats['rows']} test rows, {stats['classes']} classes, "
           f"chance {stats['chance']:.4f}, ceiling {stats['ceiling']:.4f}")
 

@@ -265,6 +265,30 @@ def class_genres(test: pd.DataFrame) -> dict[str, set]:
     return test.groupby(LABEL_COLUMN)[GENRE_COLUMN].agg(set).to_dict()
 
 
+def coarse_fold(classes: list[str], mapping: dict[str, str], genres_of: dict[str, set]
+                ) -> tuple[dict[str, int], np.ndarray] | None:
+    """How a model's classes fold as ``mapping`` ({genre: coarse class}) says: (coarse
+    class -> column, a 0/1 matrix (len(classes), coarse classes)), or None where a class
+    (its genres: ``genres_of``, see class_genres) would fall in two coarse classes or in
+    none: the taxonomies don't nest."""
+    coarse_names = sorted(set(mapping.values()))
+    index = {name: i for i, name in enumerate(coarse_names)}
+    fold = np.zeros((len(classes), len(coarse_names)))
+    for c, name in enumerate(classes):
+        targets = {mapping.get(g, g) for g in genres_of.get(name, {name})}
+        if len(targets) != 1 or next(iter(targets)) not in index:
+            return None
+        fold[c, index[targets.pop()]] = 1.0
+    return index, fold
+
+
+def coarse_labels(frame: pd.DataFrame, mapping: dict[str, str], index: dict[str, int]
+                  ) -> np.ndarray | None:
+    """Each row's coarse class (a column of coarse_fold), None if a genre has none."""
+    actual = frame[GENRE_COLUMN].map(lambda g: index.get(mapping.get(g, g), -1)).to_numpy()
+    return None if (actual < 0).any() else actual
+
+
 def coarse_scores(proba: np.ndarray, test: pd.DataFrame, classes: list[str],
                   mapping: dict[str, str], genres_of: dict[str, set] | None = None) -> dict | None:
     """Accuracy, macro-F1 and chance once the model's classes are folded as ``mapping`` says.
@@ -276,23 +300,18 @@ def coarse_scores(proba: np.ndarray, test: pd.DataFrame, classes: list[str],
     """
     from sklearn.metrics import f1_score  # noqa: PLC0415
 
-    if genres_of is None:
-        genres_of = class_genres(test)
-    coarse_names = sorted(set(mapping.values()))
-    index = {name: i for i, name in enumerate(coarse_names)}
-    fold = np.zeros((len(classes), len(coarse_names)))
-    for c, name in enumerate(classes):
-        targets = {mapping.get(g, g) for g in genres_of.get(name, {name})}
-        if len(targets) != 1 or next(iter(targets)) not in index:
-            return None
-        fold[c, index[targets.pop()]] = 1.0
-    actual = test[GENRE_COLUMN].map(lambda g: index.get(mapping.get(g, g), -1)).to_numpy()
-    if (actual < 0).any():
+    folded = coarse_fold(classes, mapping,
+                         class_genres(test) if genres_of is None else genres_of)
+    if folded is None:
+        return None
+    index, fold = folded
+    actual = coarse_labels(test, mapping, index)
+    if actual is None:
         return None
     predicted = (proba @ fold).argmax(axis=1)
     present = np.unique(actual)
     return {
-        "classes": len(coarse_names),
+        "classes": len(index),
         "accuracy": round(float(np.mean(predicted == actual)), 5),
         "macro_f1": round(float(f1_score(actual, predicted, labels=present, average="macro",
                                          zero_division=0)), 5),

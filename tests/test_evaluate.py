@@ -281,3 +281,69 @@ def test_the_reference_family_is_chosen_on_validation_not_test():
     assert comparison["reference"] == "mlp"
     assert set(comparison["models"]) == {"forest", "blend"}  # the blend is never the reference
     assert comparison["models"]["blend"]["difference"] == 0.3
+
+
+def _genre_frame(genres: list[str]) -> pd.DataFrame:
+    """Rows of the given genres, each its own recording (distinct track_id and features)."""
+    from stages.common import GENRE_COLUMN, ID_COLUMN, LABEL_COLUMN
+
+    frame = pd.DataFrame({f: np.arange(len(genres), dtype=float) for f in FEATURES})
+    frame[ID_COLUMN] = [f"t{i}" for i in range(len(genres))]
+    frame[GENRE_COLUMN] = genres
+    frame[LABEL_COLUMN] = genres
+    return frame
+
+
+def test_folded_scores_sum_probabilities_per_coarse_class_and_pick_the_reference_on_validation():
+    genres = ["a", "b", "c", "d"]
+    taxonomy = {"a": "ab", "b": "ab", "c": "cd", "d": "cd"}
+    test = _genre_frame(["a", "b", "c", "d"] * 25)
+    val = _genre_frame(["a", "c"] * 50)
+    truth = np.eye(4)
+    # "mlp" is wrong on every genre but right on every coarse class: it answers the
+    # genre's sibling with 0.6 (a <-> b, c <-> d); "forest" is right on genres a and c only
+    sibling = np.array([[0.0, 0.6, 0.2, 0.2], [0.6, 0.0, 0.2, 0.2],
+                        [0.2, 0.2, 0.0, 0.6], [0.2, 0.2, 0.6, 0.0]])
+    half = np.array([[0.7, 0.0, 0.3, 0.0], [0.0, 0.3, 0.7, 0.0],
+                     [0.3, 0.0, 0.7, 0.0], [0.7, 0.0, 0.0, 0.3]])
+    rows = np.arange(100) % 4
+    test_probas = {"mlp": sibling[rows], "forest": half[rows],
+                   "blend": (sibling[rows] + half[rows] + truth[rows]) / 3}
+    val_rows = np.arange(100) % 2 * 2  # genres a and c
+    val_probas = {name: {"mlp": sibling, "forest": half, "blend": truth}[name][val_rows]
+                  for name in test_probas}
+    folded = ev.folded_comparisons(test_probas, val_probas, test, val, genres,
+                                   {"pairs": taxonomy}, ("mlp", "forest"))
+    pairs = folded["pairs"]
+    assert pairs["classes"] == 2 and pairs["chance"] == 0.5
+    assert pairs["accuracy"] == {"mlp": 1.0, "forest": 0.5, "blend": 1.0}
+    assert pairs["val_accuracy"]["mlp"] == 1.0 and pairs["val_accuracy"]["forest"] == 1.0
+    # tied on validation: the first single family listed is the reference
+    assert pairs["comparison"]["reference"] == "mlp"
+    assert pairs["comparison"]["models"]["forest"]["difference"] == -0.5
+    # the reference is chosen on validation only: changing test labels leaves it
+    swapped = test["track_genre"].map({"a": "c", "b": "d", "c": "a", "d": "b"})
+    relabeled = test.assign(track_genre=swapped, label=swapped)
+    again = ev.folded_comparisons(test_probas, val_probas, relabeled, val, genres,
+                                  {"pairs": taxonomy}, ("mlp", "forest"))
+    assert again["pairs"]["comparison"]["reference"] == "mlp"
+    assert again["pairs"]["accuracy"]["mlp"] == 0.0
+
+
+def test_folding_skips_taxonomies_that_do_not_nest_or_merge_nothing():
+    genres = ["a", "b", "c"]
+    frame = _genre_frame(["a", "b", "c"] * 4)
+    probas = {"mlp": np.full((12, 3), 1 / 3)}
+    taxonomies = {
+        "identity": {"a": "a", "b": "b", "c": "c"},  # merges nothing
+        "pairs": {"a": "ab", "b": "ab", "c": "c"},
+    }
+    folded = ev.folded_comparisons(probas, probas, frame, frame, genres, taxonomies, ("mlp",))
+    assert set(folded) == {"pairs"}
+    assert folded["pairs"]["classes"] == 2
+    # merged classes whose genres a taxonomy splits apart do not nest
+    merged = frame.assign(label=frame["track_genre"].map({"a": "ab", "b": "ab", "c": "c"}))
+    split_apart = {"a": "ac", "c": "ac", "b": "b"}
+    assert ev.folded_comparisons({"mlp": np.full((12, 2), 0.5)}, {"mlp": np.full((12, 2), 0.5)},
+                                 merged, merged, ["ab", "c"], {"x": split_apart},
+                                 ("mlp",)) == {}
