@@ -347,3 +347,25 @@ def test_folding_skips_taxonomies_that_do_not_nest_or_merge_nothing():
     assert ev.folded_comparisons({"mlp": np.full((12, 2), 0.5)}, {"mlp": np.full((12, 2), 0.5)},
                                  merged, merged, ["ab", "c"], {"x": split_apart},
                                  ("mlp",)) == {}
+
+
+def test_the_benchmark_checks_the_folded_leads_against_one_point():
+    from bench.__main__ import FLOORS, targets
+
+    def comparison(difference, low):
+        return {"reference": "mlp",
+                "models": {"blend": {"difference": difference, "low": low, "high": 0.03}}}
+
+    result = {"metrics": {family: {"accuracy": 0.5} for family in FLOORS["recording-114"]},
+              "whole": {"seconds": 60, "peak_rss_mb": 100},
+              "predict_rows_per_s": 9000, "comparison": comparison(0.02, 0.01),
+              "folded": {"learned": {"classes": 66, "comparison": comparison(0.012, 0.009)},
+                         "study": {"classes": 66, "comparison": comparison(0.009, 0.004)}}}
+    lines = targets({"recording-114": result})
+    learned = [line for line in lines if "folded to learned (66 classes)" in line]
+    study = [line for line in lines if "folded to study (66 classes)" in line]
+    assert len(learned) == len(study) == 1
+    assert "+ 1.0 points" in learned[0] and learned[0].endswith("| met |")
+    assert study[0].endswith("| MISSED |")  # +0.9 points: under the floor
+    del result["folded"]  # a run kept from before: no folded lines, no error
+    assert not [line for line in targets({"recording-114": result}) if "folded" in line]
