@@ -39,7 +39,7 @@ from stages.common import (
     write_json,
 )
 from stages.calibration import ECE_BINS, reliability
-from stages.params import FAMILIES, MODELS, load_final_fit
+from stages.params import BLEND, FAMILIES, MODELS, load_final_fit
 from stages.ranking import top_class, top_k_hits
 from stages.split import recording_ids
 
@@ -281,7 +281,6 @@ def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train") 
         is_blend,
         load_model,
         predict_proba,
-        read_classes_and_features,
         read_features,
         same_member_files,
     )
@@ -297,6 +296,7 @@ def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train") 
     seen = seen_in_train(test, splits["train"], union)
     report = {"families": {}}
     curves, right, val_accuracy, probas, val_probas = {}, {}, {}, {}, {}
+    class_lists = set()
     for family, path in paths.items():  # one model in memory at a time
         # a blend member that is byte for byte a family scored above is neither loaded nor
         # run again: its test probabilities are that family's
@@ -317,6 +317,7 @@ def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train") 
             lambda: predict_proba(model, val[features].to_numpy("float32")))
         del model
         val_probas[family] = val_proba
+        class_lists.add(tuple(classes))
         val_accuracy[family] = round(float(
             (top_class(val_proba) == label_indices(val, classes)).mean()), 5)
         report["families"][family] = {
@@ -328,7 +329,7 @@ def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train") 
     report["final_fit"] = final_fit
     report["comparison"] = comparisons(right, val_accuracy, recording_ids(test), FAMILIES)
     # one class list for every model here (a pipeline run), else no folding
-    if len({tuple(read_classes_and_features(path)[0]) for path in paths.values()}) == 1:
+    if len(class_lists) == 1:
         genres = set().union(*(set(frame[GENRE_COLUMN]) for frame in splits.values()))
         report["folded"] = folded_comparisons(probas, val_probas, test, splits["val"], classes,
                                               merged_taxonomies(genres), FAMILIES)
@@ -356,10 +357,10 @@ def main(argv: list[str] | None = None) -> None:
               f"over {comparison['groups']} test recordings")
     for taxonomy, folded in report.get("folded", {}).items():
         comparison = folded["comparison"]
-        for name in ("blend",) if "blend" in comparison["models"] else ():
-            gap = comparison["models"][name]
-            print(f"evaluate {name} at {folded['classes']} classes ({taxonomy}, folded): "
-                  f"{folded['accuracy'][name]:.4f}, {gap['difference']:+.4f} "
+        gap = comparison["models"].get(BLEND)
+        if gap:
+            print(f"evaluate {BLEND} at {folded['classes']} classes ({taxonomy}, folded): "
+                  f"{folded['accuracy'][BLEND]:.4f}, {gap['difference']:+.4f} "
                   f"[{gap['low']:+.4f}, {gap['high']:+.4f}] against {comparison['reference']}, "
                   f"chance {folded['chance']:.4f}")
     print(f"evaluate: {stats['rows']} test rows, {stats['classes']} classes, "
