@@ -102,8 +102,8 @@ def _feature_tokens(x, units: int, name: str):
                               bias_axes="fd", activation="relu", name=name)(x)
 
 
-def _periodic_tokens(x, p, name: str):
-    """(n, f) -> (n, f, embedding_dim): PLR embeddings (Gorishniy et al. 2022).
+def _periodic_tokens(x, p, width: int, name: str):
+    """(n, f) -> (n, f, width): PLR embeddings (Gorishniy et al. 2022).
 
     Each feature's value v becomes [sin(2 pi c v), cos(2 pi c v)] for its own learned
     frequencies c (initialised N(0, frequency_scale)), then its own Dense + ReLU.
@@ -114,7 +114,7 @@ def _periodic_tokens(x, p, name: str):
         kernel_initializer=keras.initializers.RandomNormal(stddev=p.frequency_scale))(x)
     phase = ops.multiply(phase, 2 * np.pi)
     periodic = layers.Concatenate(name=f"{name}_periodic")([ops.sin(phase), ops.cos(phase)])
-    return layers.EinsumDense("bfi,fid->bfd", output_shape=(f, p.embedding_dim),
+    return layers.EinsumDense("bfi,fid->bfd", output_shape=(f, width),
                               bias_axes="fd", activation="relu", name=name)(periodic)
 
 
@@ -176,7 +176,7 @@ def build_mlp(train_x: np.ndarray, n_classes: int, p, features: list[str]) -> ke
         # per-feature embeddings of the scaled values, in front of the dense layers
         scaled = x[:, :n]
         if p.numeric_embedding == "periodic":
-            tokens = _periodic_tokens(scaled, p, "feature_tokens")
+            tokens = _periodic_tokens(scaled, p, p.embedding_dim, "feature_tokens")
         else:
             tokens = _feature_tokens(scaled, p.embedding_dim, "feature_tokens")
         if masked:  # a missing feature's token is its own learned "missing" embedding
@@ -272,12 +272,15 @@ def build_lstm(train_x: np.ndarray, n_classes: int, p, features: list[str]) -> k
     dense_lstm: the study's Dense(step_units) on each step's value, then the LSTM(s);
     stacked: the study's LSTMs straight on the values;
     token: each step gets its own learned embedding of its value (per-feature
-    weights, so the LSTM knows which feature a step holds), then the LSTM(s).
+    weights, so the LSTM knows which feature a step holds), then the LSTM(s); with
+    numeric_embedding periodic that embedding is PLR (as the MLP's).
     """
     inputs = keras.Input((len(features),), name="features")
     x = input_block(inputs, train_x, p.inputs, features)
     n = len(features)
-    if p.variant == "token":
+    if p.variant == "token" and p.numeric_embedding == "periodic":
+        seq = _periodic_tokens(x, p, p.step_units, "feature_tokens")
+    elif p.variant == "token":
         seq = _feature_tokens(x, p.step_units, "feature_tokens")
     else:
         seq = layers.Reshape((n, 1), name="as_sequence")(x)

@@ -87,18 +87,22 @@ class SoftmaxParams(TrainParams):
     pass
 
 
+# how each scaled feature is embedded: linear (Dense + ReLU per feature) | periodic (PLR,
+# Gorishniy et al. 2022: sin/cos of learned frequencies, then Dense + ReLU per feature)
+NumericEmbedding = Literal["linear", "periodic"]
+Frequencies = Annotated[int, Field(ge=1)]  # periodic: frequencies per feature
+FrequencyScale = Annotated[float, Field(gt=0, le=100)]  # periodic: sigma of their N(0, sigma) init
+
+
 class MlpParams(TrainParams):
     hidden: list[PositiveInt] = Field(default_factory=lambda: [512, 256, 256], min_length=1)
     dropout: float = Field(0.2, ge=0, lt=1)
     dropout_at: Literal["first", "all"] = "all"
     batch_norm: bool = True
-    embedding_dim: int = Field(0, ge=0)
-    # how each scaled feature is embedded when embedding_dim > 0: linear (Dense + ReLU per
-    # feature) | periodic (PLR, Gorishniy et al. 2022: sin/cos of learned frequencies, then
-    # Dense + ReLU per feature)
-    numeric_embedding: Literal["linear", "periodic"] = "linear"
-    embedding_frequencies: int = Field(16, ge=1)  # periodic: frequencies per feature
-    frequency_scale: float = Field(0.1, gt=0, le=100)  # periodic: sigma of their N(0, sigma) init
+    embedding_dim: int = Field(0, ge=0)  # > 0: each feature's embedding width (NumericEmbedding)
+    numeric_embedding: NumericEmbedding = "linear"
+    embedding_frequencies: Frequencies = 16
+    frequency_scale: FrequencyScale = 0.1
     # > 1: TabM-style ensemble (Gorishniy et al. 2024) of this many members, each trained on
     # its own loss; the model outputs the mean of their probabilities
     ensemble_size: int = Field(1, ge=1, le=64)
@@ -125,9 +129,20 @@ class LstmParams(TrainParams):
     inputs: Literal["standardized", "log"] = "log"  # one value per step: no one-hots
     variant: Literal["dense_lstm", "stacked", "token"] = "token"
     step_units: int = Field(64, ge=1)
+    # token: how each step's embedding of its value is made (NumericEmbedding), step_units wide
+    numeric_embedding: NumericEmbedding = "linear"
+    embedding_frequencies: Frequencies = 16
+    frequency_scale: FrequencyScale = 0.1
     lstm_units: list[PositiveInt] = Field(default_factory=lambda: [128], min_length=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     unroll: bool = True
+
+    @model_validator(mode="after")
+    def _periodic_needs_tokens(self):
+        if self.numeric_embedding == "periodic" and self.variant != "token":
+            raise ValueError("numeric_embedding periodic embeds each step's value: it needs "
+                             f"variant token, not {self.variant}")
+        return self
 
 
 

@@ -52,6 +52,8 @@ VARIANTS = {
     "lstm-stacked-study": ("lstm", {"variant": "stacked", "inputs": "standardized",
                                     "lstm_units": [80, 150]}),
     "lstm-token": ("lstm", {"variant": "token", "step_units": 8, "lstm_units": [8]}),
+    "lstm-periodic": ("lstm", {"variant": "token", "numeric_embedding": "periodic",
+                               "embedding_frequencies": 3, "step_units": 8, "lstm_units": [8]}),
 }
 
 
@@ -137,7 +139,7 @@ def test_labels_outside_the_class_list_are_a_clear_error(frames):
 
 
 @pytest.mark.parametrize("name", ["softmax-engineered", "mlp-embedded", "lstm-token",
-                                  "lstm-stacked-study", "lstm-dense_lstm-study"])
+                                  "lstm-periodic", "lstm-stacked-study", "lstm-dense_lstm-study"])
 def test_builders_take_the_audio_features(name, frames):
     family, changes = VARIANTS[name]
     params = validate(family, {"epochs": 1, "batch_size": 32, **changes})
@@ -149,6 +151,22 @@ def test_builders_take_the_audio_features(name, frames):
         assert model.get_layer("lstm_0").input.shape[1] == 13
     if "feature_tokens" in [layer.name for layer in model.layers]:
         assert model.get_layer("feature_tokens").output.shape[1] == 13
+
+
+def test_periodic_lstm_steps_are_each_features_own_plr_embedding(frames):
+    train_x = frames[0][FEATURES].to_numpy("float32")
+    built = {}
+    for name in ("lstm-token", "lstm-periodic"):
+        family, changes = VARIANTS[name]
+        built[name] = models.build(family, train_x, 4, validate(family, changes))
+    periodic = built["lstm-periodic"]
+    frequencies = periodic.get_layer("feature_tokens_frequencies")
+    assert frequencies.kernel.shape == (len(FEATURES), 3)  # 3 learned frequencies per feature
+    tokens = periodic.get_layer("feature_tokens")
+    assert tokens.input.shape[1:] == (len(FEATURES), 6)  # their sin and cos
+    assert tokens.output.shape[1:] == (len(FEATURES), 8) == periodic.get_layer("lstm_0").input.shape[1:]
+    names = [layer.name for layer in built["lstm-token"].layers]
+    assert "feature_tokens" in names and "feature_tokens_frequencies" not in names
 
 
 def test_engineered_inputs_look_features_up_by_name(frames):

@@ -86,6 +86,10 @@ def test_train_stops_on_a_bad_feature_set_with_one_line(tmp_path):
      "mlp: numeric_embedding periodic needs embedding_dim >= 1"),
     ("mlp", {"embedding_frequencies": 0}, "mlp.embedding_frequencies = 0: Input should be"),
     ("mlp", {"frequency_scale": 0}, "mlp.frequency_scale = 0: Input should be greater than 0"),
+    ("lstm", {"numeric_embedding": "periodic", "variant": "stacked"},
+     "lstm: numeric_embedding periodic embeds each step's value: it needs variant token, "
+     "not stacked"),
+    ("lstm", {"frequency_scale": 0}, "lstm.frequency_scale = 0: Input should be greater than 0"),
     ("mlp", {"label_smoothing": 1}, "mlp.label_smoothing = 1: Input should be less than 1"),
     ("lstm", {"label_smoothing": -0.1}, "lstm.label_smoothing = -0.1: Input should be"),
     ("blend", {"members": ["mlp", "cnn"]}, "blend.members.1 = 'cnn': Input should be 'softmax'"),
