@@ -53,7 +53,9 @@ FEATURES = [
 ]
 # What Spotify's audio-features API returns: the 15 less popularity and explicit
 # (track/catalogue data, not audio descriptors), in the same dataset order.
-AUDIO_FEATURES = [f for f in FEATURES if f not in ("popularity", "explicit")]
+# Spotify's audio-features API returns every feature but these two
+API_MISSING = ("popularity", "explicit")
+AUDIO_FEATURES = [f for f in FEATURES if f not in API_MISSING]
 # Param `features` picks one; a saved model records the list it was trained on.
 FEATURE_SETS = {"all": FEATURES, "audio": AUDIO_FEATURES}
 NUMERIC_COLUMNS = [f for f in FEATURES if f != "explicit"]
@@ -70,6 +72,9 @@ MODELS_DIR = Path("models")
 # each family's (and the blend's) validation probabilities from its fit on train alone: what
 # blend and evaluate weigh and rank by, even when the saved model was refitted on train+val
 VAL_PROBA_DIR = Path("data/val_proba")
+# every model's (and the blend's) test probabilities, as evaluate scored them: publish
+# analyses the published model's from here, so it neither loads nor runs a model
+TEST_PROBA_DIR = Path("data/test_proba")
 PUBLISHED_NAME = "genre-classifier"  # the artifact this repository publishes (param `model` picks it)
 PUBLISHED_MODEL = MODELS_DIR / f"{PUBLISHED_NAME}.keras"
 METRICS_DIR = Path("metrics")
@@ -255,9 +260,25 @@ def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
     return pd.read_parquet(path, engine="pyarrow")
 
 
-def write_val_proba(name: str, proba) -> None:
-    with atomic_path(VAL_PROBA_DIR / f"{name}.npy", ".npy") as tmp, open(tmp, "wb") as out:
+def write_proba(path: Path, proba) -> None:
+    with atomic_path(path, ".npy") as tmp, open(tmp, "wb") as out:
         np.save(out, np.asarray(proba), allow_pickle=False)
+
+
+def write_val_proba(name: str, proba) -> None:
+    write_proba(VAL_PROBA_DIR / f"{name}.npy", proba)
+
+
+def read_proba(path: Path, n_rows: int, n_classes: int, split: str, stage: str) -> np.ndarray:
+    """Probabilities a stage saved for the ``split`` split, checked against its rows and
+    classes; ``stage``: the one that writes them (named in the error)."""
+    if not path.exists():
+        raise UserError(f"{path}: file not found (run {stage}: dvc repro)")
+    proba = np.load(path, allow_pickle=False)
+    if proba.shape != (n_rows, n_classes):
+        raise UserError(f"{path}: probabilities of shape {proba.shape}, but the {split} split "
+                        f"has {n_rows} rows and {n_classes} classes: re-run {stage} (dvc repro)")
+    return proba
 
 
 def validation_proba(name: str, n_rows: int, n_classes: int, final_fit: str, predict):
@@ -266,12 +287,7 @@ def validation_proba(name: str, n_rows: int, n_classes: int, final_fit: str, pre
     when the model never saw the validation split (final_fit = train)."""
     path = VAL_PROBA_DIR / f"{name}.npy"
     if path.exists():
-        proba = np.load(path, allow_pickle=False)
-        if proba.shape != (n_rows, n_classes):
-            raise UserError(f"{path}: probabilities of shape {proba.shape}, but the validation "
-                            f"split has {n_rows} rows and {n_classes} classes: re-run its "
-                            "train stage (dvc repro)")
-        return proba
+        return read_proba(path, n_rows, n_classes, "validation", "its train stage")
     if final_fit != "train":
         raise UserError(f"{path}: file not found: with final_fit = {final_fit} the validation "
                         "probabilities come from the fit on train alone (dvc repro)")

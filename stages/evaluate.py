@@ -21,6 +21,7 @@ import pandas as pd
 from sklearn.metrics import f1_score, log_loss
 
 from stages.common import (
+    API_MISSING,
     FEATURES,
     GENRE_COLUMN,
     ID_COLUMN,
@@ -30,6 +31,7 @@ from stages.common import (
     PLOTS_DIR,
     REPORTS_DIR,
     SPLITS,
+    TEST_PROBA_DIR,
     UserError,
     cli,
     label_indices,
@@ -37,6 +39,7 @@ from stages.common import (
     validation_proba,
     write_csv,
     write_json,
+    write_proba,
 )
 from stages.calibration import ECE_BINS, reliability
 from stages.params import BLEND, FAMILIES, MODELS, load_final_fit
@@ -260,6 +263,34 @@ def ideal_curve(bins: int = ECE_BINS) -> pd.DataFrame:
     return pd.DataFrame({"confidence": centres, "accuracy": centres})
 
 
+def hidden_feature_sets(features: list[str]) -> list[tuple[str, ...]]:
+    """What a masked model is scored without: nothing, each feature alone, popularity and
+    explicit together (what the audio-features API lacks) and those two plus each other one."""
+    sets = [(), *((f,) for f in features)]
+    api = tuple(f for f in features if f in API_MISSING)
+    if len(api) == len(API_MISSING):
+        sets += [api, *(api + (f,) for f in features if f not in api)]
+    return sets
+
+
+def missing_feature_accuracy(predict, x: np.ndarray, actual: np.ndarray, features: list[str],
+                             proba: np.ndarray) -> dict[str, float]:
+    """Test accuracy with each feature set of hidden_feature_sets() missing (NaN), keyed
+    by the missing features in the model's order joined with ',' ('' for none): what
+    predict tells a user whose file lacks them. ``predict``: the model's probabilities for
+    rows; ``proba``: those of x itself."""
+    accuracy = {}
+    for hidden in hidden_feature_sets(features):
+        if hidden:
+            masked = x.copy()
+            masked[:, [features.index(f) for f in hidden]] = np.nan
+            right = top_class(predict(masked)) == actual
+        else:
+            right = top_class(proba) == actual
+        accuracy[",".join(f for f in features if f in hidden)] = round(float(right.mean()), 5)
+    return accuracy
+
+
 def headline(report: dict) -> dict:
     """metrics/test.json: a few numbers per family, then the chance and ceiling lines."""
     metrics = {family: {key: scores[key] for key in HEADLINE}
@@ -276,12 +307,14 @@ def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train") 
 
     quiet_tensorflow()
     from stages.model_files import (  # noqa: PLC0415
+        MISSING_MEMBER,
         Blend,
         family_file,
         is_blend,
         load_model,
         predict_proba,
         read_features,
+        read_member,
         same_member_files,
     )
 
@@ -295,13 +328,13 @@ def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train") 
     union = [f for f in FEATURES if f in used]
     seen = seen_in_train(test, splits["train"], union)
     report = {"families": {}}
-    curves, right, val_accuracy, probas, val_probas = {}, {}, {}, {}, {}
+    curves, right, val_accuracy, probas, val_probas, without = {}, {}, {}, {}, {}, {}
     class_lists = set()
     for family, path in paths.items():  # one model in memory at a time
         # a blend member that is byte for byte a family scored above is neither loaded nor
         # run again: its test probabilities are that family's
-        known = ({name: probas[name] for name in same_member_files(path, paths)
-                  if name in probas} if is_blend(path) else {})
+        same = same_member_files(path, paths) if is_blend(path) else []
+        known = {name: probas[name] for name in same if name in probas}
         model, classes, features = load_model(path, unloaded=known)
         x = test[features].to_numpy("float32")  # its own features
         if isinstance(model, Blend):
@@ -310,6 +343,17 @@ def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train") 
             proba = predict_proba(model, x)
         probas[family] = proba
         actual = label_indices(test, classes)
+        if read_member(path, MISSING_MEMBER) is not None:  # it takes missing features
+            fallback = getattr(model, "fallback", None)
+            if fallback in same and fallback in without and read_features(paths[fallback]) \
+                    == features:
+                # a blend answers a row with a gap by its fallback member alone: that
+                # family's table, but for the rows without gaps
+                without[family] = {**without[fallback], "": round(float(
+                    (top_class(proba) == actual).mean()), 5)}
+            else:
+                without[family] = missing_feature_accuracy(
+                    lambda rows: predict_proba(model, rows), x, actual, features, proba)
         val = splits["val"]
         # the fit on train alone's (with final_fit = train+val the model has seen validation)
         val_proba = validation_proba(
@@ -327,22 +371,27 @@ def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train") 
         right[family] = top_class(proba) == actual
     report["test_set"] = test_set_stats(test, seen, classes, union)
     report["final_fit"] = final_fit
+    # what publish reports and packs into the published file for a model that takes
+    # missing features: its test accuracy with each set of them missing
+    report["missing_feature_accuracy"] = without
     report["comparison"] = comparisons(right, val_accuracy, recording_ids(test), FAMILIES)
     # one class list for every model here (a pipeline run), else no folding
     if len(class_lists) == 1:
         genres = set().union(*(set(frame[GENRE_COLUMN]) for frame in splits.values()))
         report["folded"] = folded_comparisons(probas, val_probas, test, splits["val"], classes,
                                               merged_taxonomies(genres), FAMILIES)
-    return report, curves
+    return report, curves, probas
 
 
 @cli
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args(argv)
-    report, curves = evaluate(MODELS, final_fit=load_final_fit())
+    report, curves, probas = evaluate(MODELS, final_fit=load_final_fit())
     for family, curve in {**curves, "ideal": ideal_curve()}.items():
         write_csv(PLOTS_DIR / "calibration" / f"{family}.csv", curve)
+    for name, proba in probas.items():
+        write_proba(TEST_PROBA_DIR / f"{name}.npy", proba)
     write_json(REPORTS_DIR / "evaluate.json", report)
     write_json(METRICS_DIR / "test.json", headline(report))
     stats = report["test_set"]

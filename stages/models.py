@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages.common import FEATURES, UserError
+from stages.common import API_MISSING, FEATURES, UserError
 
 import keras  # noqa: E402  (callers run common.quiet_tensorflow() first)
 from keras import layers, ops  # noqa: E402
@@ -222,15 +222,11 @@ def accepts_missing(model: keras.Model) -> bool:
     return any(layer.name == "with_missing_flags" for layer in model.layers)
 
 
-# Spotify's audio-features API has no popularity and no explicit: training hides the two
-# together in a share of rows, so the model learns that case as such
-API_MISSING = ("popularity", "explicit")
-
-
 def hidden_mask(shape: tuple[int, int], rate: float, features: list[str],
                 rng: np.random.Generator, together_rate: float = 0.0) -> np.ndarray:
     """Which values to hide (True): each with probability ``rate``, and popularity and
-    explicit together in a ``together_rate`` share of rows."""
+    explicit together in a ``together_rate`` share of rows (what the audio-features API
+    lacks, so the model learns that case as such)."""
     hidden = rng.random(shape) < rate
     together = [features.index(f) for f in API_MISSING if f in features]
     if together:

@@ -12,9 +12,11 @@ when its probabilities are summed per class of the learned taxonomy's hierarchy
 (reports/taxonomy.json) and of the study's merge, beside the majority-class share
 (plots/taxonomy/{learned,study}.csv), plus reports/published.json (with its accuracy
 difference from the best single family and that difference's interval, from
-reports/evaluate.json). Depends on every model file (DVC cannot name one file from
-the param) but on nothing the param changes, so `dvc exp run -S model=boosting`
-re-runs only this.
+reports/evaluate.json). The analysis reads the test probabilities evaluate saved for
+every model (data/test_proba) and the missing-feature costs it measured, so no model is
+loaded or run here. Depends on every model file (DVC cannot name one file from the
+param) but on nothing the param changes, so `dvc exp run -S model=boosting` re-runs only
+this, in seconds.
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ from stages.common import (
     PLOTS_DIR,
     PUBLISHED_MODEL,
     REPORTS_DIR,
+    TEST_PROBA_DIR,
     UserError,
     atomic_path,
     cli,
     label_indices,
     read_json,
     read_labeled,
+    read_proba,
     write_csv,
     write_json,
 )
@@ -136,39 +140,6 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], title: str, path: Pat
     _save(fig, path)
 
 
-def hidden_feature_sets(features: list[str]) -> list[tuple[str, ...]]:
-    """What a masked model is scored without: nothing, each feature alone, popularity and
-    explicit together (what the audio-features API lacks) and those two plus each other one."""
-    from stages.models import API_MISSING  # noqa: PLC0415
-
-    sets = [(), *((f,) for f in features)]
-    api = tuple(f for f in features if f in API_MISSING)
-    if len(api) == len(API_MISSING):
-        sets += [api, *(api + (f,) for f in features if f not in api)]
-    return sets
-
-
-def missing_feature_accuracy(model, x: np.ndarray, actual: np.ndarray,
-                             features: list[str], proba: np.ndarray | None = None
-                             ) -> dict[str, float]:
-    """Test accuracy with each feature set of hidden_feature_sets() missing (NaN), keyed
-    by the missing features in the model's order joined with ',' ('' for none): what
-    predict tells a user whose file lacks them. ``proba``: the model's probabilities for
-    x itself, if already computed (for a blend, its slowest prediction)."""
-    from stages.model_files import predict_proba  # noqa: PLC0415
-
-    accuracy = {}
-    for hidden in hidden_feature_sets(features):
-        if not hidden and proba is not None:
-            right = top_class(proba) == actual
-        else:
-            masked = x.copy()
-            masked[:, [features.index(f) for f in hidden]] = np.nan
-            right = top_class(predict_proba(model, masked)) == actual
-        accuracy[",".join(f for f in features if f in hidden)] = round(float(right.mean()), 5)
-    return accuracy
-
-
 def write_published(model_name: str, source: Path, published: Path, classes: list[str],
                     features: list[str], members: dict) -> None:
     """The published file, with ``members`` ({name: JSON value}) inside: a network's
@@ -193,26 +164,34 @@ def comparison_of(model_name: str, report: dict) -> dict | None:
             "level": comparison["level"], **(gap or {})}
 
 
-def publish(model_name: str, models_dir: Path = MODELS_DIR, plots_dir: Path = PLOTS_DIR,
-            published: Path = PUBLISHED_MODEL) -> dict:
-    from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
+def missing_costs(model_name: str, report: dict) -> dict[str, float]:
+    """What evaluate measured for this model with each set of features missing."""
+    costs = (report or {}).get("missing_feature_accuracy", {}).get(model_name)
+    if costs is None:
+        raise UserError(f"{EVALUATE_REPORT}: no missing-feature accuracy for {model_name}, "
+                        "which takes missing features: re-run evaluate (dvc repro)")
+    return costs
 
-    quiet_tensorflow()
+
+def publish(model_name: str, report: dict, models_dir: Path = MODELS_DIR,
+            plots_dir: Path = PLOTS_DIR, published: Path = PUBLISHED_MODEL,
+            test_proba_dir: Path = TEST_PROBA_DIR) -> dict:
+    """Publish ``model_name`` with its confusion analysis, from the test probabilities and
+    the ``report`` evaluate wrote for it: no model is loaded or run here."""
     from stages.model_files import (  # noqa: PLC0415
         MISSING_MEMBER,
         TAXONOMY_MEMBER,
         family_file,
-        load_model,
-        predict_proba,
+        read_classes_and_features,
         read_member,
     )
 
     source = models_dir / family_file(model_name).name
-    model, classes, features = load_model(source)
+    classes, features = read_classes_and_features(source)
     test = read_labeled("test")
     actual = label_indices(test, classes)
-    x = test[features].to_numpy("float32")
-    proba = predict_proba(model, x)
+    proba = read_proba(test_proba_dir / f"{model_name}.npy", len(test), len(classes), "test",
+                       "evaluate")
     predicted = top_class(proba)
     matrix = confusion_counts(actual, predicted, len(classes))
     scores = per_class_scores(actual, predicted, classes)
@@ -238,8 +217,8 @@ def publish(model_name: str, models_dir: Path = MODELS_DIR, plots_dir: Path = PL
     members = {TAXONOMY_MEMBER: {"genres": hierarchy["genres"], "merges": hierarchy["merges"]}}
     missing = read_member(source, MISSING_MEMBER)
     if missing is not None:
-        accuracy_without = missing_feature_accuracy(model, x, actual, features, proba)
-        missing = {**missing, "test_rows": int(len(test)), "test_accuracy": accuracy_without}
+        missing = {**missing, "test_rows": int(len(test)),
+                   "test_accuracy": missing_costs(model_name, report)}
         members[MISSING_MEMBER] = missing
     write_published(model_name, source, published, classes, features, members)
     return {"model": model_name,
@@ -259,8 +238,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args(argv)
     name = load_model_name()
-    report = publish(name)
-    report["vs_best_single_family"] = comparison_of(name, read_json(EVALUATE_REPORT))
+    evaluated = read_json(EVALUATE_REPORT)
+    report = publish(name, evaluated)
+    report["vs_best_single_family"] = comparison_of(name, evaluated)
     write_json(REPORTS_DIR / "published.json", report)
     print(f"publish {name} -> {PUBLISHED_MODEL}: accuracy {report['accuracy']:.4f}, "
           f"macro-F1 {report['macro_f1']:.4f}, {report['classes']} classes")

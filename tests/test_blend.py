@@ -228,7 +228,7 @@ def test_predict_on_the_blend_gives_what_evaluate_scores(repo, monkeypatch, tmp_
 
     repo, classes = repo
     _run_blend(repo, monkeypatch)
-    report, _ = evaluate.evaluate([*MEMBERS, "blend"], repo / "models")
+    report = evaluate.evaluate([*MEMBERS, "blend"], repo / "models")[0]
     test = pd.read_parquet(repo / "data/labeled/test.parquet")
     test[["track_id", *FEATURES]].sample(frac=1, axis=1, random_state=0).to_csv(
         tmp_path / "test.csv", index=False)  # columns in another order
@@ -267,7 +267,7 @@ def test_evaluate_reuses_a_members_probabilities_only_from_the_same_file(repo, m
                       train["label"].map(classes.index).to_numpy(), None, None, len(classes), 1)
     trees.save(refit, paths["forest"], classes, FEATURES)
     assert "forest" not in same_member_files(blend_path, paths)
-    scored, _ = evaluate.evaluate([*MEMBERS, "blend"], repo / "models")
+    scored = evaluate.evaluate([*MEMBERS, "blend"], repo / "models")[0]
     test = pd.read_parquet(repo / "data/labeled/test.parquet")
     blend, _, features = load_model(blend_path)
     x = test[features].to_numpy("float32")
@@ -442,6 +442,117 @@ def test_a_row_with_a_missing_feature_is_answered_by_the_masked_member(repo, mon
     member, _, _ = load_model(root / family_file("mlp"))
     assert np.allclose(mixed[:6], predict_proba(member, x[:6]))
     assert np.allclose(mixed.sum(axis=1), 1.0)
+
+
+def test_evaluate_measures_what_missing_features_cost_the_blend_as_its_own_answers(
+        repo, monkeypatch):
+    """The blend answers a row with a gap by its fallback member: evaluate reuses that
+    family's table, which must equal the blend's own answers with each set missing."""
+    from stages import evaluate, train
+    from stages.common import read_labeled
+    from stages.model_files import (MISSING_MEMBER, family_file, load_model, predict_proba,
+                                    save_model)
+
+    root, classes = repo
+    monkeypatch.chdir(root)
+    params = validate("mlp", {"epochs": 1, "batch_size": 32, "hidden": [8], "embedding_dim": 2,
+                              "feature_dropout": 0.2, "popularity_dropout": 0.5})
+    mlp, _, _ = train.train("mlp", params, read_labeled("train"), read_labeled("val"), classes)
+    save_model(mlp, root / family_file("mlp"), classes, FEATURES,
+               extra={MISSING_MEMBER: {"min_features": 8}})
+    _run_blend(root, monkeypatch, ["forest", "boosting", "mlp"])
+    report = evaluate.evaluate(["forest", "boosting", "mlp", "blend"], root / "models")[0]
+    costs = report["missing_feature_accuracy"]
+    assert sorted(costs) == ["blend", "mlp"]  # the trees take no missing features
+    blend, _, features = load_model(root / family_file("blend"))
+    test = read_labeled("test")
+    x = test[features].to_numpy("float32")
+    actual = test["label"].map(classes.index).to_numpy()
+    proba = predict_proba(blend, x)
+    direct = evaluate.missing_feature_accuracy(lambda rows: predict_proba(blend, rows), x,
+                                               actual, features, proba)
+    assert costs["blend"] == direct
+    assert costs["blend"][""] == report["families"]["blend"]["accuracy"]
+    assert {key for key in costs["mlp"] if key} == {key for key in direct if key}
+    assert "popularity,explicit,tempo" in direct and "danceability" in direct
+    # publish packs that table into the published file, and refuses a report without it
+    from stages import publish
+    from stages.common import TEST_PROBA_DIR, write_proba
+    from stages.model_files import read_member
+
+    write_json(root / "reports/taxonomy.json", {"genres": classes, "merges": []})
+    write_proba(root / TEST_PROBA_DIR / "blend.npy", proba)
+    publish.publish("blend", report, root / "models", root / "plots")
+    packed = read_member(root / "models/genre-classifier.keras", MISSING_MEMBER)
+    assert packed["test_accuracy"] == costs["blend"] and packed["min_features"] == 8
+    with pytest.raises(UserError) as error:
+        publish.publish("blend", {**report, "missing_feature_accuracy": {}}, root / "models",
+                        root / "plots")
+    assert str(error.value) == ("reports/evaluate.json: no missing-feature accuracy for blend, "
+                                "which takes missing features: re-run evaluate (dvc repro)")
+
+
+def _publish_inputs(root: Path, classes: list[str], monkeypatch) -> dict:
+    """A repository as evaluate leaves it: the blend, evaluate's report and probabilities."""
+    from stages import evaluate
+    from stages.common import TEST_PROBA_DIR, write_proba
+
+    _run_blend(root, monkeypatch)
+    write_json(root / "reports/taxonomy.json", {"genres": classes, "merges": []})
+    report, _, probas = evaluate.evaluate([*MEMBERS, "blend"], root / "models")
+    for name, proba in probas.items():
+        write_proba(root / TEST_PROBA_DIR / f"{name}.npy", proba)
+    write_json(root / "reports/evaluate.json", report)
+    return report
+
+
+def test_publish_analyses_the_probabilities_evaluate_saved_and_loads_no_model(
+        repo, monkeypatch):
+    from stages import publish
+    from stages.common import TEST_PROBA_DIR, write_proba
+
+    root, classes = repo
+    report = _publish_inputs(root, classes, monkeypatch)
+    scored = publish.publish("boosting", report, root / "models", root / "plots")
+    assert scored["accuracy"] == report["families"]["boosting"]["accuracy"]
+    # probabilities that put every test row in its own class: publish scores the file
+    actual = pd.read_parquet(root / "data/labeled/test.parquet")["label"].map(classes.index)
+    write_proba(root / TEST_PROBA_DIR / "boosting.npy", np.eye(len(classes))[actual])
+    assert publish.publish("boosting", report, root / "models", root / "plots")["accuracy"] == 1.0
+    # the published blend, and no TensorFlow in the process that published it
+    code = ("import sys; from stages import publish; publish.main([]); "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(REPO), "PATH": ""})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "False False"
+    assert json.loads((root / "reports/published.json").read_text())["accuracy"] == \
+        report["families"]["blend"]["accuracy"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("shape", "data/test_proba/forest.npy: probabilities of shape ({rows}, {classes_less}), "
+              "but the test split has {rows} rows and {classes} classes: re-run evaluate "
+              "(dvc repro)"),
+    ("gone", "data/test_proba/forest.npy: file not found (run evaluate: dvc repro)"),
+])
+def test_publish_refuses_test_probabilities_that_are_not_the_models(repo, monkeypatch, damage,
+                                                                    message):
+    from stages import publish
+    from stages.common import TEST_PROBA_DIR
+
+    root, classes = repo
+    report = _publish_inputs(root, classes, monkeypatch)
+    path = root / TEST_PROBA_DIR / "forest.npy"
+    proba = np.load(path)
+    if damage == "shape":  # another class list
+        np.save(path, proba[:, 1:])
+    else:
+        path.unlink()
+    with pytest.raises(UserError) as error:
+        publish.publish("forest", report, root / "models", root / "plots")
+    assert str(error.value) == message.format(rows=len(proba), classes=len(classes),
+                                              classes_less=len(classes) - 1)
 
 
 def test_predict_proba_in_passes_gives_the_same_bits(repo, monkeypatch):

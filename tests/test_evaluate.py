@@ -215,7 +215,7 @@ def test_evaluate_feeds_each_model_its_own_features(in_tmp_repo, mlp_features, c
                              features)
         model_files.save_model(model, in_tmp_repo / "models" / f"{family}.keras", classes,
                                features)
-    report, curves = ev.evaluate(["softmax", "mlp"], in_tmp_repo / "models")
+    report, curves, _ = ev.evaluate(["softmax", "mlp"], in_tmp_repo / "models")
     assert set(curves) == {"softmax", "mlp"}
     assert curves["mlp"]["rows"].sum() == len(test)  # every test row in one confidence bin
     assert report["families"]["softmax"]["features"] == 13

@@ -82,7 +82,7 @@ def test_metrics_file_is_what_the_saved_models_score(pipeline_repo, monkeypatch)
 
     repo, _, _ = pipeline_repo
     monkeypatch.chdir(repo)  # evaluate reads data/labeled/ from the working directory
-    report, _ = evaluate.evaluate(MODELS, repo / "models")
+    report = evaluate.evaluate(MODELS, repo / "models")[0]
     assert evaluate.headline(report) == json.loads((repo / "metrics/test.json").read_text())
     assert report == json.loads((repo / "reports/evaluate.json").read_text())
 
