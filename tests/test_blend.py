@@ -414,22 +414,30 @@ def test_bench_table_shows_each_difference_with_its_interval():
     assert difference_cell("mlp", None) is None  # a run from before the comparison
 
 
-def test_a_row_with_a_missing_feature_is_answered_by_the_masked_member(repo, monkeypatch):
-    """With a network that takes missing features among the members, the blend takes them
-    too: such a row is the fallback member's answer alone, a complete row the blend's."""
+def _blend_with_a_masked_mlp(root: Path, classes: list[str], monkeypatch) -> dict:
+    """An MLP that takes missing features (1 epoch), and the blend of it and the trees."""
     from stages import train
     from stages.common import read_labeled
-    from stages.model_files import (MISSING_MEMBER, family_file, load_model, predict_proba,
-                                    read_member, save_model)
+    from stages.model_files import MISSING_MEMBER, family_file, save_model
 
-    root, classes = repo
     monkeypatch.chdir(root)
     params = validate("mlp", {"epochs": 1, "batch_size": 32, "hidden": [8], "embedding_dim": 2,
                               "feature_dropout": 0.2, "popularity_dropout": 0.5})
     mlp, _, _ = train.train("mlp", params, read_labeled("train"), read_labeled("val"), classes)
     save_model(mlp, root / family_file("mlp"), classes, FEATURES,
                extra={MISSING_MEMBER: {"min_features": 8}})
-    report = _run_blend(root, monkeypatch, ["forest", "boosting", "mlp"])
+    return _run_blend(root, monkeypatch, ["forest", "boosting", "mlp"])
+
+
+def test_a_row_with_a_missing_feature_is_answered_by_the_masked_member(repo, monkeypatch):
+    """With a network that takes missing features among the members, the blend takes them
+    too: such a row is the fallback member's answer alone, a complete row the blend's."""
+    from stages.common import read_labeled
+    from stages.model_files import (MISSING_MEMBER, family_file, load_model, predict_proba,
+                                    read_member)
+
+    root, classes = repo
+    report = _blend_with_a_masked_mlp(root, classes, monkeypatch)
     assert report["fallback"] == "mlp"
     path = root / family_file("blend")
     assert read_member(path, MISSING_MEMBER) == {"min_features": 8}
@@ -448,19 +456,12 @@ def test_evaluate_measures_what_missing_features_cost_the_blend_as_its_own_answe
         repo, monkeypatch):
     """The blend answers a row with a gap by its fallback member: evaluate reuses that
     family's table, which must equal the blend's own answers with each set missing."""
-    from stages import evaluate, train
+    from stages import evaluate
     from stages.common import read_labeled
-    from stages.model_files import (MISSING_MEMBER, family_file, load_model, predict_proba,
-                                    save_model)
+    from stages.model_files import MISSING_MEMBER, family_file, load_model, predict_proba
 
     root, classes = repo
-    monkeypatch.chdir(root)
-    params = validate("mlp", {"epochs": 1, "batch_size": 32, "hidden": [8], "embedding_dim": 2,
-                              "feature_dropout": 0.2, "popularity_dropout": 0.5})
-    mlp, _, _ = train.train("mlp", params, read_labeled("train"), read_labeled("val"), classes)
-    save_model(mlp, root / family_file("mlp"), classes, FEATURES,
-               extra={MISSING_MEMBER: {"min_features": 8}})
-    _run_blend(root, monkeypatch, ["forest", "boosting", "mlp"])
+    _blend_with_a_masked_mlp(root, classes, monkeypatch)
     report = evaluate.evaluate(["forest", "boosting", "mlp", "blend"], root / "models")[0]
     costs = report["missing_feature_accuracy"]
     assert sorted(costs) == ["blend", "mlp"]  # the trees take no missing features
