@@ -8,7 +8,9 @@ by validation accuracy, with its 95% paired-bootstrap interval over the test spl
 recordings). The same once every model answers at 66 classes, its probabilities summed
 per class of the learned taxonomy and of the study's merge (what `predict --level`
 answers), with the reference chosen on the folded validation split ("folded" in the
-report). The published model's confusion analysis is the publish stage's job.
+report), and for each model that takes missing features its test accuracy with each set
+of them missing. Saves every model's test probabilities (data/test_proba/<model>.npy):
+the published model's confusion analysis is the publish stage's job, from those.
 """
 
 from __future__ import annotations
@@ -300,9 +302,11 @@ def headline(report: dict) -> dict:
     return metrics
 
 
-def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train") -> dict:
+def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train"
+             ) -> tuple[dict, dict, dict]:
     """Score each saved model (a family, or the blend) on the test split; return the full
-    report. Validation accuracy picks the single family the others are compared with."""
+    report, each model's reliability curve and its test probabilities. Validation accuracy
+    picks the single family the others are compared with."""
     from stages.tf_setup import quiet_tensorflow  # noqa: PLC0415
 
     quiet_tensorflow()
