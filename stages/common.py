@@ -53,7 +53,6 @@ FEATURES = [
 ]
 # What Spotify's audio-features API returns: the 15 less popularity and explicit
 # (track/catalogue data, not audio descriptors), in the same dataset order.
-# Spotify's audio-features API returns every feature but these two
 API_MISSING = ("popularity", "explicit")
 AUDIO_FEATURES = [f for f in FEATURES if f not in API_MISSING]
 # Param `features` picks one; a saved model records the list it was trained on.

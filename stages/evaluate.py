@@ -333,6 +333,7 @@ def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train"
     seen = seen_in_train(test, splits["train"], union)
     report = {"families": {}}
     curves, right, val_accuracy, probas, val_probas, without = {}, {}, {}, {}, {}, {}
+    features_of = {}
     class_lists = set()
     for family, path in paths.items():  # one model in memory at a time
         # a blend member that is byte for byte a family scored above is neither loaded nor
@@ -345,12 +346,11 @@ def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train"
             proba = model.predict_proba(x, known=known)
         else:
             proba = predict_proba(model, x)
-        probas[family] = proba
+        probas[family], features_of[family] = proba, features
         actual = label_indices(test, classes)
         if read_member(path, MISSING_MEMBER) is not None:  # it takes missing features
             fallback = getattr(model, "fallback", None)
-            if fallback in same and fallback in without and read_features(paths[fallback]) \
-                    == features:
+            if fallback in same and fallback in without and features_of[fallback] == features:
                 # a blend answers a row with a gap by its fallback member alone: that
                 # family's table, but for the rows without gaps
                 without[family] = {**without[fallback], "": round(float(
