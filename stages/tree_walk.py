@@ -20,7 +20,11 @@ left parts from its path at a split that sent the row right). All the splits of 
 are tested for a block of rows, one split at a time, as straight-line vector code: about
 62 tests where a walk takes the tree's depth (13.7 levels on average, 6.6 to the leaf a
 row reaches), yet 2.3-3x the rows per second (the idea of QuickScorer: Lucchese et al.,
-SIGIR 2015). The sums are added in the same order, so the answers are the same bits.
+SIGIR 2015). The word is kept as two 32-bit halves, and a split clears bits only in the
+half (or, for about 7% of LightGBM's splits, both) where its left subtree's leaves are, so
+a vector step covers twice the rows (test rows, 2 threads, the committed model: about
+1.75x the rows per second of one 64-bit word). The sums are added in the same order, so
+the answers are the same bits.
 """
 
 from __future__ import annotations
@@ -91,7 +95,7 @@ def boosting_sums(x, feature, missing_left, threshold, child, roots, depths, tre
 
 
 _ONE = np.uint64(1)
-_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
+_ALL32 = np.uint32(0xFFFFFFFF)
 _DE_BRUIJN = np.uint64(0x03F79D71B4CB0A89)  # every 6-bit window of it differs
 _DE_BRUIJN_BIT = np.zeros(64, np.uint8)  # the window a power of two shifts up -> its bit
 for _bit in range(64):
@@ -105,14 +109,30 @@ def _lowest_bit(word):
     return _DE_BRUIJN_BIT[(low * _DE_BRUIJN) >> np.uint64(58)]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _clear_right(columns, f, m, limit, has_nan, nan_right, keep, bits):
+    """bits[i] &= keep (uint32) for each of the block's m rows that the split sends right."""
+    if has_nan:  # NaN goes the way the split says
+        for i in range(m):
+            v = columns[f, i]
+            right = (v > limit) | (nan_right & (v != v))
+            bits[i] &= keep | (np.uint32(right) - np.uint32(1))
+    else:  # no branch: a vector select
+        for i in range(m):
+            bits[i] &= keep if columns[f, i] > limit else _ALL32
+
+
 @njit(cache=True, nogil=True)
-def boosting_bit_sums(x, feature, missing_right, threshold, mask, split_start, leaf_start,
-                      tree_class, leaf_value, baseline, out, start, stop):
-    """boosting_sums' output from the bit-mask layout (bit_layout): the same bits."""
+def boosting_bit_sums(x, feature, missing_right, threshold, mask_low, mask_high, halves,
+                      split_start, leaf_start, tree_class, leaf_value, baseline, out, start,
+                      stop):
+    """boosting_sums' output from the bit-mask layout (bit_layout, split_halves): the same
+    bits."""
     n_features = x.shape[1]
     n_classes = baseline.shape[0]
     columns = np.empty((n_features, BITS_BLOCK), np.float32)  # the block, feature-major
-    bits = np.empty(BITS_BLOCK, np.uint64)
+    low = np.empty(BITS_BLOCK, np.uint32)  # leaves 0-31 of each row
+    high = np.empty(BITS_BLOCK, np.uint32)  # leaves 32-63
     sums = np.empty((n_classes, BITS_BLOCK), np.float64)
     for lo in range(start, stop, BITS_BLOCK):
         m = min(stop, lo + BITS_BLOCK) - lo
@@ -126,26 +146,31 @@ def boosting_bit_sums(x, feature, missing_right, threshold, mask, split_start, l
             for i in range(m):
                 sums[c, i] = 0.0 + baseline[c]  # as numpy's zeros + baseline
         for t in range(tree_class.shape[0]):
-            for i in range(m):
-                bits[i] = _ALL
+            low[:m] = _ALL32
+            high[:m] = _ALL32
             for k in range(split_start[t], split_start[t + 1]):
-                f = feature[k]
-                limit = threshold[k]
-                keep = mask[k]  # every bit but the left subtree's leaves
-                if has_nan:  # NaN goes the way the split says
-                    nan_right = missing_right[k]
-                    for i in range(m):
-                        v = columns[f, i]
-                        right = (v > limit) | (nan_right & (v != v))
-                        bits[i] &= keep | (np.uint64(right) - _ONE)
-                else:  # no branch: a vector select
-                    for i in range(m):
-                        bits[i] &= keep if columns[f, i] > limit else _ALL
+                if halves[k] & 1:
+                    _clear_right(columns, feature[k], m, threshold[k], has_nan,
+                                 missing_right[k], mask_low[k], low)
+                if halves[k] & 2:
+                    _clear_right(columns, feature[k], m, threshold[k], has_nan,
+                                 missing_right[k], mask_high[k], high)
             c = tree_class[t]
             first = leaf_start[t]
             for i in range(m):
-                sums[c, i] += leaf_value[first + _lowest_bit(bits[i])]
+                word = np.uint64(low[i]) | (np.uint64(high[i]) << np.uint64(32))
+                sums[c, i] += leaf_value[first + _lowest_bit(word)]
         _store(sums, out, lo, m)
+
+
+def split_halves(mask: np.ndarray) -> dict[str, np.ndarray]:
+    """bit_layout's 64-bit masks as the kernel takes them: two 32-bit halves, and which
+    halves each split clears bits in (1: low, 2: high, 3: both)."""
+    mask = np.asarray(mask, dtype=np.uint64)
+    low = (mask & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    high = (mask >> np.uint64(32)).astype(np.uint32)
+    halves = (low != _ALL32).astype(np.uint8) | ((high != _ALL32).astype(np.uint8) << 1)
+    return {"mask_low": low, "mask_high": high, "halves": halves}
 
 
 @njit(cache=True)

@@ -561,7 +561,7 @@ def _replace_walk(monkeypatch, **kernels):
 
     fake = types.SimpleNamespace(**{name: getattr(tree_walk, name) for name in
                                     ("node_layout", "bit_layout", "run", "boosting_sums",
-                                     "boosting_bit_sums", "forest_sums")})
+                                     "boosting_bit_sums", "split_halves", "forest_sums")})
     for name, make in kernels.items():
         setattr(fake, name, make(getattr(tree_walk, name)))
     monkeypatch.setattr(trees, "_compiled_walk", lambda: fake)
@@ -976,6 +976,9 @@ def test_boosting_takes_the_bit_masks_up_to_64_leaves_and_the_walk_above(data):
         n_leaves = np.add.reduceat(model.is_leaf, model.bounds[:-1].astype(np.int64))
         assert n_leaves.max() == leaves  # the data let a tree grow that far
         assert model.walk is not None and _kernel(model) == kernel
+        if kernel == "boosting_bit_sums":  # splits in the low half, the high one and both
+            halves = model._cache["kernel"][1][trees.BIT_KEYS.index("halves")]
+            assert set(halves.tolist()) == {1, 2, 3}
         plain = trees.Boosting(model.arrays, model.n_classes, model.n_features, compiled=False)
         np.testing.assert_array_equal(model.predict_proba(x), plain.predict_proba(x))
         np.testing.assert_array_equal(model.predict_proba(x[1::3]), plain.predict_proba(x[1::3]))
@@ -1010,6 +1013,19 @@ def test_bit_layout_numbers_leaves_left_to_right_and_masks_left_subtrees():
     cleared = [int(~m & np.uint64(0xFF)) for m in bits["mask"]]  # the left subtree's leaves
     assert cleared == [0b00011, 0b00001, 0b00100, 0b01000]  # splits 0, 1, 2, 6
     assert bits["feature"].tolist() == [0, 1, 2, 3]
+
+
+def test_split_halves_cuts_each_mask_where_its_left_subtree_is():
+    """The kernel's 64 leaf bits are two 32-bit words: a split clears bits in the word(s)
+    that hold its left subtree's leaves, and touches no other."""
+    from stages import tree_walk
+
+    full = (1 << 64) - 1
+    left_leaves = [0b11, 1 << 40, ((1 << 8) - 1) << 28]  # leaves 0-1, leaf 40, leaves 28-35
+    halves = tree_walk.split_halves(np.array([full ^ bits for bits in left_leaves], np.uint64))
+    assert halves["halves"].tolist() == [1, 2, 3]
+    assert [hex(v) for v in halves["mask_low"]] == ["0xfffffffc", "0xffffffff", "0xfffffff"]
+    assert [hex(v) for v in halves["mask_high"]] == ["0xffffffff", "0xfffffeff", "0xfffffff0"]
 
 
 def _chain(n_splits):
