@@ -79,8 +79,12 @@ def rows_of(name: str, rev: str, repo: Path = REPO) -> list[dict]:
     params = yaml.safe_load(show(rev, "params.yaml", repo))
     merge = params.get("merge_genres", {})
     strategy = merge.get("strategy", "study" if merge.get("enabled") else "none")
+    merged = strategy != "none"
     if strategy == "learned":
         strategy = f"learned ≤{merge.get('max_group_size')}"
+    # runs from before merge_genres.train_on retrained on the merged classes
+    if merged and merge.get("train_on", "classes") == "genres":
+        strategy += ", summed"  # the genre models' probabilities summed per class
     classes = f"{report['test_set']['classes']} ({strategy})"
     rows = []
     for family, scores in report["families"].items():

@@ -67,6 +67,9 @@ RAW_CSV = Path("data/raw/tracks.csv")
 SPLIT_DIR = Path("data/split")
 LABELED_DIR = Path("data/labeled")
 CLASSES_JSON = LABELED_DIR / "classes.json"
+# merge_genres.train_on = genres: how the genres the models learn become the merged classes
+# they answer in (stages.merge_genres; {"fold": null} when they answer in their own)
+FOLD_JSON = LABELED_DIR / "fold.json"
 MODELS_DIR = Path("models")
 # each family's (and the blend's) validation probabilities from its fit on train alone: what
 # blend and evaluate weigh and rank by, even when the saved model was refitted on train+val
@@ -331,3 +334,69 @@ def label_indices(frame: pd.DataFrame, classes: list[str]):
         raise UserError(f"labels not in the model's class list: {', '.join(unknown[:5])} "
                         "(re-run merge_genres and retrain: dvc repro)")
     return frame[LABEL_COLUMN].map(index).to_numpy(dtype="int64")
+
+
+class Fold:
+    """Answers at merged classes from a model of genres: each class's probability is the
+    sum of its genres' (as `predict --level` folds). ``genres`` are the model's classes in
+    its output order, ``targets`` the class of each; the classes are the targets sorted."""
+
+    def __init__(self, genres: list[str], targets: list[str]):
+        if len(genres) != len(targets) or len(set(genres)) != len(genres):
+            raise ValueError("a fold needs one class for each of distinct genres")
+        self.genres, self.targets = list(genres), list(targets)
+        self.classes = sorted(set(self.targets))
+        column = {name: j for j, name in enumerate(self.classes)}
+        self.matrix = np.zeros((len(self.genres), len(self.classes)))
+        self.matrix[np.arange(len(self.genres)), [column[t] for t in self.targets]] = 1.0
+
+    def apply(self, proba: np.ndarray) -> np.ndarray:
+        return np.asarray(proba, dtype=np.float64) @ self.matrix
+
+    def relabel(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The frame with each row's label (a genre) replaced by its class."""
+        unknown = sorted(set(frame[LABEL_COLUMN]) - set(self.genres))
+        if unknown:
+            raise UserError(f"{FOLD_JSON}: labels not among its genres: {', '.join(unknown[:5])} "
+                            "(re-run merge_genres: dvc repro)")
+        out = frame.copy()
+        out[LABEL_COLUMN] = frame[LABEL_COLUMN].map(dict(zip(self.genres, self.targets)))
+        return out
+
+    def to_json(self) -> dict:
+        return {"genres": self.genres, "to": self.targets}
+
+    @classmethod
+    def from_json(cls, spec, where: str) -> "Fold":
+        """A fold described as to_json() does; a ValueError naming ``where`` otherwise."""
+        if (not isinstance(spec, dict) or set(spec) != {"genres", "to"}
+                or not all(isinstance(v, list) and all(isinstance(n, str) for n in v)
+                           for v in spec.values())):
+            raise ValueError(f"{where}: not a fold ({{'genres': [...], 'to': [...]}})")
+        try:
+            return cls(spec["genres"], spec["to"])
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+
+
+def read_fold(path: Path = FOLD_JSON) -> Fold | None:
+    """The fold merge_genres wrote (None: the models answer in the classes they learned)."""
+    spec = read_json(path)
+    if not isinstance(spec, dict) or "fold" not in spec:
+        raise UserError(f"{path}: not written by merge_genres (re-run it: dvc repro)")
+    if spec["fold"] is None:
+        return None
+    try:
+        return Fold.from_json(spec["fold"], str(path))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def answer_classes(fold: Fold | None, classes: list[str], where: str) -> list[str]:
+    """The classes a model of ``classes`` answers in under ``fold``, checked to fit."""
+    if fold is None:
+        return classes
+    if fold.genres != classes:
+        raise UserError(f"{where} learned other classes than {FOLD_JSON} folds "
+                        f"({len(classes)} against {len(fold.genres)}): re-run dvc repro")
+    return fold.classes

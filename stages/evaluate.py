@@ -11,6 +11,9 @@ answers), with the reference chosen on the folded validation split ("folded" in 
 report), and for each model that takes missing features its test accuracy with each set
 of them missing. Saves every model's test probabilities (data/test_proba/<model>.npy):
 the published model's confusion analysis is the publish stage's job, from those.
+When the families learned genres that answer at merged classes (data/labeled/fold.json,
+param merge_genres.train_on), everything here is scored at those classes, each model's
+probabilities summed per class, as the published file answers.
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ from stages.common import (
     SPLITS,
     TEST_PROBA_DIR,
     UserError,
+    answer_classes,
     cli,
     label_indices,
+    read_fold,
     read_labeled,
     validation_proba,
     write_csv,
@@ -322,7 +327,11 @@ def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train"
         same_member_files,
     )
 
-    splits = {name: read_labeled(name) for name in SPLITS}
+    learned_splits = {name: read_labeled(name) for name in SPLITS}  # labels: what they learned
+    fold = read_fold()
+    # labels as the models answer: the merged class of each genre, with a fold
+    splits = {name: fold.relabel(frame) if fold else frame
+              for name, frame in learned_splits.items()}
     test = splits["test"]
     track_labels = labels_per_track(list(splits.values()))
     paths = {family: models_dir / family_file(family).name for family in families}
@@ -333,19 +342,25 @@ def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train"
     seen = seen_in_train(test, splits["train"], union)
     report = {"families": {}}
     curves, right, val_accuracy, probas, val_probas, without = {}, {}, {}, {}, {}, {}
-    features_of = {}
+    features_of, learned_probas, learned_val_probas = {}, {}, {}
     class_lists = set()
+
+    def answer(proba):  # in the classes the models answer in
+        return proba if fold is None else fold.apply(proba)
+
     for family, path in paths.items():  # one model in memory at a time
         # a blend member that is byte for byte a family scored above is neither loaded nor
         # run again: its test probabilities are that family's
         same = same_member_files(path, paths) if is_blend(path) else []
-        known = {name: probas[name] for name in same if name in probas}
-        model, classes, features = load_model(path, unloaded=known)
+        known = {name: learned_probas[name] for name in same if name in learned_probas}
+        model, learned, features = load_model(path, unloaded=known)
+        classes = answer_classes(fold, learned, str(path))
         x = test[features].to_numpy("float32")  # its own features
         if isinstance(model, Blend):
-            proba = model.predict_proba(x, known=known)
+            learned_probas[family] = model.predict_proba(x, known=known)
         else:
-            proba = predict_proba(model, x)
+            learned_probas[family] = predict_proba(model, x)
+        proba = answer(learned_probas[family])
         probas[family], features_of[family] = proba, features
         actual = label_indices(test, classes)
         if read_member(path, MISSING_MEMBER) is not None:  # it takes missing features
@@ -357,15 +372,15 @@ def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train"
                     (top_class(proba) == actual).mean()), 5)}
             else:
                 without[family] = missing_feature_accuracy(
-                    lambda rows: predict_proba(model, rows), x, actual, features, proba)
+                    lambda rows: answer(predict_proba(model, rows)), x, actual, features, proba)
         val = splits["val"]
         # the fit on train alone's (with final_fit = train+val the model has seen validation)
-        val_proba = validation_proba(
-            family, len(val), len(classes), final_fit,
+        learned_val_probas[family] = validation_proba(
+            family, len(val), len(learned), final_fit,
             lambda: predict_proba(model, val[features].to_numpy("float32")))
         del model
-        val_probas[family] = val_proba
-        class_lists.add(tuple(classes))
+        val_proba = val_probas[family] = answer(learned_val_probas[family])
+        class_lists.add(tuple(learned))
         val_accuracy[family] = round(float(
             (top_class(val_proba) == label_indices(val, classes)).mean()), 5)
         report["families"][family] = {
@@ -379,11 +394,14 @@ def evaluate(families, models_dir: Path = MODELS_DIR, final_fit: str = "train"
     # missing features: its test accuracy with each set of them missing
     report["missing_feature_accuracy"] = without
     report["comparison"] = comparisons(right, val_accuracy, recording_ids(test), FAMILIES)
-    # one class list for every model here (a pipeline run), else no folding
+    report["fold"] = {"genres": len(fold.genres), "classes": len(fold.classes)} if fold else None
+    # one class list for every model here (a pipeline run), else no folding; from the
+    # classes they learned (with a fold too, the other taxonomy's scores)
     if len(class_lists) == 1:
         genres = set().union(*(set(frame[GENRE_COLUMN]) for frame in splits.values()))
-        report["folded"] = folded_comparisons(probas, val_probas, test, splits["val"], classes,
-                                              merged_taxonomies(genres), FAMILIES)
+        report["folded"] = folded_comparisons(
+            learned_probas, learned_val_probas, learned_splits["test"], learned_splits["val"],
+            learned, merged_taxonomies(genres), FAMILIES)
     return report, curves, probas
 
 

@@ -7,6 +7,13 @@ taxonomies/study.yaml folded into it (the study's hand-made 114 -> 66 merge);
 from confusions measured without the test split. The groups live in those files
 (dependencies of this stage) rather than in params.yaml: as params they made
 200-character cells in `dvc exp show`.
+
+``merge_genres.train_on`` says what the families learn once genres are merged:
+``genres`` (the default), the genres themselves, so the labeled splits are those of
+strategy none and no family retrains, and data/labeled/fold.json tells evaluate and
+publish which class each genre's probability is added to (every family scored higher
+so than retrained on the classes: docs/taxonomy.md); ``classes``, the merged classes
+(the study's way), every family retrained on them.
 """
 
 from __future__ import annotations
@@ -18,11 +25,13 @@ import pandas as pd
 import yaml
 
 from stages.common import (
+    FOLD_JSON,
     GENRE_COLUMN,
     LABEL_COLUMN,
     LABELED_DIR,
     SPLIT_DIR,
     SPLITS,
+    Fold,
     UserError,
     cli,
     read_parquet,
@@ -103,12 +112,27 @@ def main(argv: list[str] | None = None) -> None:
     if not genres:
         raise UserError(f"{args.in_dir}: the splits hold no rows")
     mapping = genre_mapping(groups, genres, groups_file)
-    for name, frame in add_labels(splits, mapping).items():
+    fold = answer_fold(mapping) if merging and params.train_on == "genres" else None
+    learned = genre_mapping(None, genres) if fold else mapping
+    for name, frame in add_labels(splits, learned).items():
         write_parquet(args.out_dir / f"{name}.parquet", frame)
-    classes = class_list(mapping)
-    write_json(args.out_dir / "classes.json", classes)
-    print(f"merge_genres: {len(genres)} genres -> {len(classes)} classes "
-          f"({'merged as in ' + str(groups_file) if merging else 'not merged'})")
+    write_json(args.out_dir / "classes.json", class_list(learned))
+    write_json(args.out_dir / FOLD_JSON.name, {"fold": fold.to_json() if fold else None})
+    merged = len(class_list(mapping))
+    if not merging:
+        how = "not merged"
+    elif fold:
+        how = f"learned as genres, answered summed per class of {groups_file}"
+    else:
+        how = f"merged as in {groups_file}, learned as merged"
+    print(f"merge_genres: {len(genres)} genres -> {merged} classes ({how})")
+
+
+def answer_fold(mapping: dict[str, str]) -> Fold:
+    """Genre models answering at the merged classes: the genres in the models' output
+    order (class_list of the unmerged mapping), each folded into its class."""
+    genres = sorted(mapping)
+    return Fold(genres, [mapping[g] for g in genres])
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ tree family is an ``.npz`` of plain arrays with the same two lists (stages/trees
 A blend (stage blend) is one zip holding each member's own model file under
 ``members/``, the class and feature lists, and ``blend.json``: every member's weight and
 the temperature of their weighted mean. A published tree family travels as a blend of
-one member. No format runs code from the file when it is loaded.
+one member. A blend may also fold its answers (``fold`` in blend.json, format version 2):
+its members answer in genres, it in the merged classes, each the sum of its genres'
+probabilities (param merge_genres.train_on = genres). No format runs code from the file
+when it is loaded.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import weakref
 import zipfile
 from pathlib import Path
 
-from stages.common import FEATURES, MODELS_DIR, UserError, atomic_path, fixed_date
+from stages.common import FEATURES, MODELS_DIR, Fold, UserError, atomic_path, fixed_date
 
 # extra members in the .keras zip; keras' loader ignores them
 CLASSES_MEMBER = "classes.json"
@@ -32,10 +35,12 @@ TAXONOMY_MEMBER = "taxonomy.json"
 CALIBRATION_MEMBER = "calibration.json"
 RANGES_MEMBER = "ranges.json"  # {feature: [min, max]} over the training rows (optional)
 TREE_SUFFIX = ".npz"
-# a blend: {"format", "version", "temperature", "members": [{"name", "file", "weight"}]}
+# a blend: {"format", "version", "temperature", "members": [{"name", "file", "weight"}],
+# and in version 2 "fold": {"genres": the members' classes, "to": the class of each}}
 BLEND_MEMBER = "blend.json"
 BLEND_FORMAT = "spotify-genre-blend"
 BLEND_VERSION = 1
+FOLDED_BLEND_VERSION = 2  # only a blend with a fold: older code refuses it, never misreads it
 BLEND_SUFFIX = ".zip"
 MEMBERS_DIR = "members"
 
@@ -94,8 +99,9 @@ def save_model(model, path: Path, classes: list[str], features: list[str],
 
 
 def copy_with_members(source: Path, dest: Path, members: dict) -> None:
-    """Copy a .keras file to ``dest`` (atomically), adding or replacing JSON members."""
-    with atomic_path(dest, suffix=".keras") as tmp:
+    """Copy a .keras file (or a blend zip) to ``dest`` (atomically), adding or replacing
+    JSON members."""
+    with atomic_path(dest, suffix=Path(source).suffix) as tmp:
         with zipfile.ZipFile(source) as old, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as new:
             for item in old.infolist():
                 if item.filename not in members:
@@ -104,20 +110,28 @@ def copy_with_members(source: Path, dest: Path, members: dict) -> None:
                 new.writestr(fixed_date(name), json.dumps(value))
 
 
+def folded_spec(spec: dict, fold: Fold | None) -> dict:
+    """blend.json with ``fold`` (its members' classes folded into merged ones), or as it is."""
+    if fold is None:
+        return spec
+    return {**spec, "version": FOLDED_BLEND_VERSION, "fold": fold.to_json()}
+
+
 def save_blend(path: Path, members: list[tuple[str, Path, float]], classes: list[str],
                features: list[str], temperature: float, extra: dict | None = None,
-               fallback: str | None = None) -> None:
+               fallback: str | None = None, fold: Fold | None = None) -> None:
     """Write a blend atomically: ``members`` are (name, model file, weight), the weights
     summing to 1; their files are stored as they are, under members/. ``fallback`` names
     the member (a network that takes missing features) that alone answers a row with a
-    feature missing (NaN), which the other members cannot."""
+    feature missing (NaN), which the other members cannot. ``classes`` are the members';
+    with ``fold`` the blend answers in its classes instead."""
     spec = {"format": BLEND_FORMAT, "version": BLEND_VERSION, "temperature": float(temperature),
             "members": [{"name": name, "file": f"{MEMBERS_DIR}/{name}{Path(source).suffix}",
                          "weight": float(weight)} for name, source, weight in members]}
     if fallback is not None:
         spec["fallback"] = fallback
-    contents = {BLEND_MEMBER: json.dumps(spec, indent=1),
-                CLASSES_MEMBER: json.dumps(list(classes)),
+    contents = {BLEND_MEMBER: json.dumps(folded_spec(spec, fold), indent=1),
+                CLASSES_MEMBER: json.dumps(list(fold.classes if fold else classes)),
                 FEATURES_MEMBER: json.dumps(list(features)),
                 **{entry["file"]: Path(source).read_bytes()
                    for (_, source, _), entry in zip(members, spec["members"])},
@@ -128,6 +142,20 @@ def save_blend(path: Path, members: list[tuple[str, Path, float]], classes: list
                 # the member files are compressed already: stored as they are
                 info = fixed_date(name, zipfile.ZIP_STORED)
                 archive.writestr(info, data)
+
+
+def fold_blend(source: Path, dest: Path, fold: Fold, extra: dict | None = None) -> None:
+    """Copy a blend zip to ``dest`` folding its answers with ``fold``, adding ``extra``
+    JSON members."""
+    try:
+        with zipfile.ZipFile(source) as archive:
+            spec = _blend_spec(archive)
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+        raise _not_ours(source, exc) from None
+    if "fold" in spec:
+        raise UserError(f"{source}: the blend folds its answers already")
+    copy_with_members(source, dest, {BLEND_MEMBER: folded_spec(spec, fold),
+                                     CLASSES_MEMBER: fold.classes, **(extra or {})})
 
 
 def has_member(path: Path, member: str) -> bool:
@@ -153,15 +181,18 @@ class Blend:
 
     ``members`` are (name, model, columns, weight): each member reads its own feature
     columns of the blend's input. A row with a missing feature (NaN) is answered by the
-    ``fallback`` member alone (a network that takes missing features), when there is one."""
+    ``fallback`` member alone (a network that takes missing features), when there is one.
+    With a ``fold`` the answer is then summed per merged class."""
 
     def __init__(self, members: list, n_classes: int, temperature: float = 1.0,
-                 fallback: str | None = None, unloaded: dict | None = None):
+                 fallback: str | None = None, unloaded: dict | None = None,
+                 fold: Fold | None = None):
         self.members = members
         self.unloaded = unloaded or {}  # {name: (file name, bytes)} of members with model None
-        self.n_classes = n_classes
+        self.n_classes = n_classes  # the members'
         self.temperature = temperature
         self.fallback = fallback
+        self.fold = fold
 
     @property
     def weights(self) -> dict[str, float]:
@@ -170,11 +201,14 @@ class Blend:
     def predict_proba(self, x, known: dict | None = None):
         """``known``: {member name: its probabilities for these rows}, computed before from
         the same model file (see same_member_files), used instead of predicting again."""
+        proba = self._members_proba(x, known or {})
+        return proba if self.fold is None else self.fold.apply(proba)
+
+    def _members_proba(self, x, known: dict):
         import numpy as np  # noqa: PLC0415
 
         from stages.calibration import apply_temperature  # noqa: PLC0415
 
-        known = known or {}
         total = np.zeros((len(x), self.n_classes), dtype=np.float64)
         if len(x) == 0:
             return total
@@ -183,7 +217,7 @@ class Blend:
             _, model, columns, _ = next(m for m in self.members if m[0] == self.fallback)
             total[gaps] = self._predict(self.fallback, model, x[gaps][:, columns])
             if not gaps.all():
-                total[~gaps] = self.predict_proba(x[~gaps])
+                total[~gaps] = self._members_proba(x[~gaps], {})
             return total
         for name, model, columns, weight in self.members:
             if weight > 0:
@@ -217,9 +251,12 @@ def _blend_spec(archive: zipfile.ZipFile) -> dict:
     spec = json.loads(archive.read(BLEND_MEMBER))
     if not isinstance(spec, dict) or spec.get("format") != BLEND_FORMAT:
         raise ValueError(f"{BLEND_MEMBER} is not a blend description")
-    if spec.get("version") != BLEND_VERSION:
+    version = FOLDED_BLEND_VERSION if "fold" in spec else BLEND_VERSION
+    if spec.get("version") != version:
         raise ValueError(f"blend format version {spec.get('version')!r}, this code reads "
-                         f"{BLEND_VERSION}")
+                         f"{version}{' with a fold' if 'fold' in spec else ''}")
+    if "fold" in spec:
+        Fold.from_json(spec["fold"], f"{BLEND_MEMBER}: fold")
     temperature = spec.get("temperature")
     if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
             or temperature <= 0:
@@ -266,6 +303,9 @@ def _load_blend(path: Path, unloaded=()):
         with zipfile.ZipFile(path) as archive:
             spec = _blend_spec(archive)
             classes = json.loads(archive.read(CLASSES_MEMBER))
+            fold = Fold.from_json(spec["fold"], BLEND_MEMBER) if "fold" in spec else None
+            if fold is not None and fold.classes != classes:
+                raise ValueError(f"{BLEND_MEMBER}: its fold does not give {CLASSES_MEMBER}")
             features = _features_in(archive)
             stored = set(archive.namelist())
             contents = {}
@@ -293,9 +333,10 @@ def _load_blend(path: Path, unloaded=()):
                     model, member_classes, member_features = load_model(member_path)
             except UserError as exc:  # name the blend and its member, not the temp file
                 raise UserError(f"{where}: {str(exc).removeprefix(f'{member_path}: ')}") from None
-            if member_classes != classes:
+            learned = fold.genres if fold else classes
+            if member_classes != learned:
                 raise UserError(f"{where} predicts another class list than the blend "
-                                f"({len(member_classes)} classes, the blend {len(classes)}): "
+                                f"({len(member_classes)} classes, the blend {len(learned)}): "
                                 "rebuild the blend from models of one run (dvc repro blend)")
             unknown = [f for f in member_features if f not in features]
             if unknown:
@@ -303,8 +344,8 @@ def _load_blend(path: Path, unloaded=()):
                                 f"{', '.join(unknown)}")
             columns = np.array([features.index(f) for f in member_features])
             members.append((entry["name"], model, columns, float(entry["weight"])))
-    return (Blend(members, len(classes), float(spec["temperature"]), spec.get("fallback"),
-                  left), classes, features)
+    return (Blend(members, len(fold.genres if fold else classes), float(spec["temperature"]),
+                  spec.get("fallback"), left, fold), classes, features)
 
 
 def read_member(path: Path, name: str):

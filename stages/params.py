@@ -54,6 +54,9 @@ class MergeGenresParams(Section):
     strategy: Literal["none", "study", "learned"] = "none"
     n_groups: int = Field(66, ge=1)  # classes of the learned taxonomy
     max_group_size: int = Field(20, ge=1)  # most genres in one learned class
+    # genres: every family learns the genres and answers at the merged classes, its
+    # probabilities summed per class | classes: every family retrains on the merged classes
+    train_on: Literal["genres", "classes"] = "genres"
 
     @model_validator(mode="before")
     @classmethod

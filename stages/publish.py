@@ -4,7 +4,9 @@ Copies the model (a family, or the blend: stages.model_files.family_file) to
 models/genre-classifier.keras (the `genre-classifier` artifact in dvc.yaml, one path
 whatever is published): a network stays a .keras file, a tree family becomes a blend of
 one member (weight 1, temperature 1: the same probabilities), the blend stays a blend
-zip; stages.model_files.load_model reads each. Writes its confusion analysis: the
+zip; stages.model_files.load_model reads each. When the families learned genres that
+answer at merged classes (data/labeled/fold.json, param merge_genres.train_on), the
+published file is a blend that folds: it answers in the merged classes. Writes its confusion analysis: the
 clustered confusion heatmap plots/confusion.png, per-genre precision/recall/F1
 plots/per_genre.csv and the most confused genre pairs plots/top_confusions.csv (the study's
 "interchangeable genres"), test accuracy and macro-F1 against the number of classes
@@ -30,17 +32,20 @@ from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from stages.common import (
     GENRE_COLUMN,
+    Fold,
     MODELS_DIR,
     PLOTS_DIR,
     PUBLISHED_MODEL,
     REPORTS_DIR,
     TEST_PROBA_DIR,
     UserError,
+    answer_classes,
     atomic_path,
     cli,
     label_indices,
     read_json,
     read_labeled,
+    read_fold,
     read_proba,
     write_csv,
     write_json,
@@ -141,13 +146,27 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], title: str, path: Pat
 
 
 def write_published(model_name: str, source: Path, published: Path, classes: list[str],
-                    features: list[str], members: dict) -> None:
+                    features: list[str], members: dict, fold: Fold | None = None) -> None:
     """The published file, with ``members`` ({name: JSON value}) inside: a network's
-    .keras or the blend's zip copied, a tree family wrapped as a blend of one member."""
-    from stages.model_files import copy_with_members, save_blend  # noqa: PLC0415
+    .keras or the blend's zip copied, a tree family wrapped as a blend of one member; with
+    a ``fold``, a blend (of one member for a family) that answers in its classes."""
+    from stages.model_files import (  # noqa: PLC0415
+        MISSING_MEMBER,
+        copy_with_members,
+        fold_blend,
+        save_blend,
+    )
 
-    if model_name in TREES:
-        save_blend(published, [(model_name, source, 1.0)], classes, features, 1.0, members)
+    if model_name == BLEND:
+        if fold is None:
+            copy_with_members(source, published, members)
+        else:
+            fold_blend(source, published, fold, members)
+    elif model_name in TREES or fold is not None:
+        # a network that takes missing features stays what adapt and NaN rows reach
+        fallback = model_name if MISSING_MEMBER in members else None
+        save_blend(published, [(model_name, source, 1.0)], classes, features, 1.0, members,
+                   fallback=fallback, fold=fold)
     else:
         copy_with_members(source, published, members)
 
@@ -187,8 +206,12 @@ def publish(model_name: str, report: dict, models_dir: Path = MODELS_DIR,
     )
 
     source = models_dir / family_file(model_name).name
-    classes, features = read_classes_and_features(source)
+    learned, features = read_classes_and_features(source)
+    fold = read_fold()
+    classes = answer_classes(fold, learned, str(source))
     test = read_labeled("test")
+    if fold is not None:
+        test = fold.relabel(test)
     actual = label_indices(test, classes)
     proba = read_proba(test_proba_dir / f"{model_name}.npy", len(test), len(classes), "test",
                        "evaluate")
@@ -220,12 +243,14 @@ def publish(model_name: str, report: dict, models_dir: Path = MODELS_DIR,
         missing = {**missing, "test_rows": int(len(test)),
                    "test_accuracy": missing_costs(model_name, report)}
         members[MISSING_MEMBER] = missing
-    write_published(model_name, source, published, classes, features, members)
+    write_published(model_name, source, published, learned, features, members, fold)
     return {"model": model_name,
-            # what the published file is: a .keras network, or a blend zip (a tree family
-            # is a blend of one)
-            "format": "blend" if model_name in (BLEND, *TREES) else "keras",
+            # what the published file is: a .keras network, or a blend zip (a tree family,
+            # or any family answering at merged classes, is a blend of one)
+            "format": "blend" if model_name in (BLEND, *TREES) or fold else "keras",
             "classes": len(classes), "features": features,
+            # the genres it learned, when it answers at merged classes (param merge_genres.train_on)
+            "folded_from": len(learned) if fold else None,
             "test_rows": int(len(test)),
             "accuracy": round(accuracy, 5), "macro_f1": round(macro_f1, 5),
             "missing_feature_accuracy": missing["test_accuracy"] if missing else None,

@@ -192,7 +192,7 @@ def test_ceiling_and_seen_in_train_use_the_models_features():
 @pytest.mark.parametrize("mlp_features, ceiling", [("audio", 0.5), ("all", 1.0)])
 def test_evaluate_feeds_each_model_its_own_features(in_tmp_repo, mlp_features, ceiling):
     from stages import model_files, models
-    from stages.common import AUDIO_FEATURES, FEATURE_SETS, write_parquet
+    from stages.common import AUDIO_FEATURES, FEATURE_SETS, write_json, write_parquet
     from stages.params import validate
     from stages.split import clean
     from stages.tf_setup import quiet_tensorflow
@@ -209,6 +209,7 @@ def test_evaluate_feeds_each_model_its_own_features(in_tmp_repo, mlp_features, c
     test = pd.concat([frame.head(6), twins], ignore_index=True)
     for split, part in (("train", frame), ("val", frame), ("test", test)):
         write_parquet(f"data/labeled/{split}.parquet", part)
+    write_json("data/labeled/fold.json", {"fold": None})
     for family, features in (("softmax", AUDIO_FEATURES), ("mlp", FEATURE_SETS[mlp_features])):
         params = validate(family, {"hidden": [4]} if family == "mlp" else {})
         model = models.build(family, frame[features].to_numpy("float32"), len(classes), params,

@@ -258,19 +258,27 @@ def test_learned_taxonomy_drives_the_classes_through_training_and_prediction(rep
     assert float(curve[0]["accuracy"]) == metrics[published]["accuracy"]
     assert float(curve[0]["macro_f1"]) == metrics[published]["macro_f1"]
     assert float(curve[0]["chance"]) == metrics["chance"]
+    genres = json.loads((repo / "data/labeled/classes.json").read_text())
+    from stages.model_files import load_model
+
+    # merge_genres.train_on: genres (the default): no family retrains, the models'
+    # answers are summed per merged class
     result = run_cmd(["dvc", "exp", "run", "-n", "learned-3", "-S", "merge_genres.strategy=learned",
                       "-S", "merge_genres.n_groups=3", "-S", "merge_genres.max_group_size=2"],
                      repo, env)
-    ran = set(_ran(result))
-    assert {"taxonomy", "merge_genres", "train_mlp", "evaluate", "publish"} <= ran
-    assert not ran & {"fetch", "split"}
-    classes = json.loads((repo / "data/labeled/classes.json").read_text())
+    assert sorted(_ran(result)) == ["evaluate", "merge_genres", "publish", "taxonomy"]
+    assert json.loads((repo / "data/labeled/classes.json").read_text()) == genres
+    classes = json.loads((repo / "data/labeled/fold.json").read_text())["fold"]["to"]
+    classes = sorted(set(classes))
     learned = (repo / "taxonomies/learned.yaml").read_text()
     merged = [c for c in classes if "/" in c]  # one pair of genres became one class
     assert len(classes) == 3 and len(merged) == 1 and f'"{merged[0]}":' in learned, learned
-    from stages.model_files import load_model
-
     assert load_model(repo / "models/genre-classifier.keras")[1] == classes
+    folded = json.loads((repo / "metrics/test.json").read_text())
+    report = json.loads((repo / "reports/evaluate.json").read_text())
+    assert report["test_set"]["classes"] == 3 and report["fold"] == {"genres": 4, "classes": 3}
+    # every model is scored at the 3 classes: what the 4-genre models score folded to them
+    assert {m: folded[m]["accuracy"] for m in MODELS} == report["folded"]["learned"]["accuracy"]
     predicted = run_cmd(["python", "-m", "stages.predict", "models/genre-classifier.keras",
                          "data/raw/tracks.csv", "-k", "1"], repo, env).stdout
     assert {row["genre_1"] for row in csv.DictReader(io.StringIO(predicted))} <= set(classes)
@@ -279,10 +287,25 @@ def test_learned_taxonomy_drives_the_classes_through_training_and_prediction(rep
 
     rows = table.rows_of("learned-3", table.experiments(repo)["learned-3"], repo)
     assert [r["family"] for r in rows] == list(MODELS)
-    assert {r["classes"] for r in rows} == {"3 (learned ≤2)"}
+    assert {r["classes"] for r in rows} == {"3 (learned ≤2, summed)"}
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
     assert all(r["train s"] >= 0 for r in rows if r["family"] != "blend")  # no training stage
-    assert "| learned-3 | recording | 3 (learned ≤2) | all | mlp |" in table.markdown(rows)
+    assert "| learned-3 | recording | 3 (learned ≤2, summed) | all | mlp |" in table.markdown(rows)
+    # train_on: classes retrains every family on the merged classes (the study's way)
+    result = run_cmd(["dvc", "exp", "run", "-n", "learned-3-retrained",
+                      "-S", "merge_genres.strategy=learned", "-S", "merge_genres.n_groups=3",
+                      "-S", "merge_genres.max_group_size=2", "-S", "merge_genres.train_on=classes"],
+                     repo, env)
+    ran = set(_ran(result))
+    assert {"merge_genres", *(f"train_{f}" for f in FAMILIES), "blend", "evaluate",
+            "publish"} == ran, ran
+    assert json.loads((repo / "data/labeled/classes.json").read_text()) == classes
+    assert json.loads((repo / "data/labeled/fold.json").read_text()) == {"fold": None}
+    assert load_model(repo / "models/genre-classifier.keras")[1] == classes
+    assert load_model(repo / "models/mlp.keras")[1] == classes
+    rows = table.rows_of("learned-3-retrained",
+                         table.experiments(repo)["learned-3-retrained"], repo)
+    assert {r["classes"] for r in rows} == {"3 (learned ≤2)"}
     bad = run_cmd(["dvc", "exp", "run", "-S", "merge_genres.strategy=learned",
                    "-S", "merge_genres.n_groups=9"], repo, env, check=False)
     assert bad.returncode != 0
