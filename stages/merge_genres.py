@@ -19,6 +19,7 @@ so than retrained on the classes: docs/taxonomy.md); ``classes``, the merged cla
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -38,7 +39,7 @@ from stages.common import (
     write_json,
     write_parquet,
 )
-from stages.params import load_section
+from stages.params import MergeGenresParams, load_section
 
 GROUPS_FILE = Path("taxonomies/study.yaml")
 GROUPS_FILES = {"study": GROUPS_FILE, "learned": Path("taxonomies/learned.yaml")}
@@ -82,6 +83,20 @@ def genre_mapping(groups: dict[str, list[str]] | None, genres: set[str],
     return mapping
 
 
+def check_sizes(n_genres: int, params: MergeGenresParams) -> None:
+    """One clear error when the learned taxonomy cannot have n_groups classes of at most
+    max_group_size genres (stage taxonomy learns the nearest it can: used, it would be
+    another taxonomy than asked for)."""
+    if params.n_groups > n_genres:
+        raise UserError(f"params.yaml: merge_genres.n_groups = {params.n_groups}: more than the "
+                        f"{n_genres} genres in the data")
+    fewest = math.ceil(n_genres / params.max_group_size)
+    if params.n_groups < fewest:
+        raise UserError(f"params.yaml: merge_genres.n_groups = {params.n_groups} is impossible with "
+                        f"merge_genres.max_group_size = {params.max_group_size}: {n_genres} genres "
+                        f"need at least {fewest} classes of at most {params.max_group_size}")
+
+
 def add_labels(splits: dict[str, pd.DataFrame], mapping: dict[str, str]) -> dict[str, pd.DataFrame]:
     out = {}
     for name, frame in splits.items():
@@ -105,12 +120,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_section("merge_genres")
     merging = params.strategy != "none"
-    groups_file = args.groups or GROUPS_FILES.get(params.strategy, GROUPS_FILE)
-    groups = read_groups(groups_file) if merging else None
     splits = {name: read_parquet(args.in_dir / f"{name}.parquet") for name in SPLITS}
     genres = set().union(*(set(f[GENRE_COLUMN]) for f in splits.values()))
     if not genres:
         raise UserError(f"{args.in_dir}: the splits hold no rows")
+    if params.strategy == "learned" and args.groups is None:
+        check_sizes(len(genres), params)
+    groups_file = args.groups or GROUPS_FILES.get(params.strategy, GROUPS_FILE)
+    groups = read_groups(groups_file) if merging else None
     mapping = genre_mapping(groups, genres, groups_file)
     fold = answer_fold(mapping) if merging and params.train_on == "genres" else None
     learned = genre_mapping(None, genres) if fold else mapping

@@ -57,26 +57,12 @@ NAME_MEMBERS = 4  # a merged class is named after its genres, up to this many
 
 
 def usable_params(n_genres: int, params: MergeGenresParams) -> MergeGenresParams:
-    """The params to learn with: as given for strategy learned (checked), else n_groups
-    moved into the reachable range, since only the curve uses the taxonomy then and a
-    dataset with few genres must not fail a default `dvc repro`."""
-    if params.strategy == "learned":
-        check_sizes(n_genres, params)
-        return params
+    """The params to learn with: n_groups moved into the reachable range. The stage does
+    not read merge_genres.strategy, so switching it does not re-run the stage (a dataset
+    with few genres must not fail a default `dvc repro` either); with strategy learned,
+    merge_genres refuses an n_groups that had to be moved (merge_genres.check_sizes)."""
     fewest = math.ceil(n_genres / params.max_group_size)
     return params.model_copy(update={"n_groups": min(max(params.n_groups, fewest), n_genres)})
-
-
-def check_sizes(n_genres: int, params: MergeGenresParams) -> None:
-    """One clear error when n_groups cannot be reached with max_group_size."""
-    if params.n_groups > n_genres:
-        raise UserError(f"params.yaml: merge_genres.n_groups = {params.n_groups}: more than the "
-                        f"{n_genres} genres in the data")
-    fewest = math.ceil(n_genres / params.max_group_size)
-    if params.n_groups < fewest:
-        raise UserError(f"params.yaml: merge_genres.n_groups = {params.n_groups} is impossible with "
-                        f"merge_genres.max_group_size = {params.max_group_size}: {n_genres} genres "
-                        f"need at least {fewest} classes of at most {params.max_group_size}")
 
 
 def recording_folds(recordings: np.ndarray, folds: int, seed: int) -> np.ndarray:

@@ -103,8 +103,10 @@ def test_learning_on_more_rows_than_the_cap_uses_the_sample():
      "need at least 4 classes of at most 2"),
 ])
 def test_impossible_sizes_are_one_clear_error(params, message):
+    from stages.merge_genres import check_sizes
+
     with pytest.raises(UserError, match=message):
-        learned([paired_genres(rows_per_genre=5)], **params)
+        check_sizes(8, MergeGenresParams(strategy="learned", **params))
 
 
 def test_a_group_size_below_one_is_rejected():
@@ -114,10 +116,12 @@ def test_a_group_size_below_one_is_rejected():
         validate("merge_genres", {"strategy": "learned", "max_group_size": 0})
 
 
-def test_without_strategy_learned_n_groups_is_only_clamped():
-    # a dataset with few genres must not fail a default (strategy none) `dvc repro`
+@pytest.mark.parametrize("strategy", ["none", "learned"])
+def test_the_stage_only_clamps_n_groups_whatever_the_strategy(strategy):
+    # a dataset with few genres must not fail a default (strategy none) `dvc repro`, and
+    # the stage does not depend on the strategy (merge_genres refuses the clamped taxonomy)
     result = taxonomy.learn([paired_genres(rows_per_genre=10)],
-                            MergeGenresParams(strategy="none", n_groups=66), seed=0)
+                            MergeGenresParams(strategy=strategy, n_groups=66), seed=0)
     assert result["params"].n_groups == 8 and len(result["groups"]) == 8
 
 
