@@ -31,22 +31,30 @@ from stages.common import atomic_path, write_json
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "recording-114": {},
+    # the 114-genre models answering at 66 classes (merge_genres.train_on: genres)
     "recording-66": {"merge_genres.strategy": "study"},
     "learned-66": {"merge_genres.strategy": "learned"},  # n_groups: 66 (params.yaml)
+    # every family retrained on the 66 classes (the study's way): --configs to run them
+    "recording-66-retrained": {"merge_genres.strategy": "study",
+                               "merge_genres.train_on": "classes"},
+    "learned-66-retrained": {"merge_genres.strategy": "learned",
+                             "merge_genres.train_on": "classes"},
 }
+DEFAULT_CONFIGS = ["recording-114", "recording-66", "learned-66"]
 # Targets from the issue tracker (test split, 2 CPU cores): checked and reported, never
 # asserted. Accuracy floors: each family no more than 0.3 point below the run committed
 # before the loop was cut (2026-11-29: softmax 0.2061, MLP 0.3541, LSTM 0.3265, forest
 # 0.3592, boosting 0.3612), the published blend >= 0.375.
 FLOORS = {"recording-114": {"softmax": 0.2031, "mlp": 0.3511, "lstm": 0.3235, "forest": 0.3562,
                             "boosting": 0.3582, "blend": 0.375},
-          "recording-66": {"lstm": 0.41}}
+          "recording-66": {"lstm": 0.41}, "recording-66-retrained": {"lstm": 0.41}}
 LOOP_BUDGET_S = 8 * 60  # the whole dvc repro (every stage's wall, dvc's start-ups included)
 RSS_BUDGET_MB = 3 * 1024
 PREDICT_FLOOR = 5_000  # rows/s of the published model, model only
 THROUGHPUT_ROWS = 50_000  # the test features repeated: enough for a steady rate
 # the published blend's lead over the best single family (chosen on validation), points/100
-BLEND_LEAD = {"recording-114": 0.015, "recording-66": 0.01, "learned-66": 0.01}
+BLEND_LEAD = {"recording-114": 0.015, "recording-66": 0.01, "learned-66": 0.01,
+              "recording-66-retrained": 0.01, "learned-66-retrained": 0.01}
 # the same at 66 classes with a 114-genre run's models folded (reports/evaluate.json "folded")
 FOLDED_LEAD = 0.01
 
@@ -169,7 +177,7 @@ def markdown(results: dict, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Benchmark the pipeline on the real data.")
-    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=DEFAULT_CONFIGS)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)  # now, not after the runs it would lose
@@ -181,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.configs:
             results[name] = run_config(name, CONFIGS[name], source, Path(tmp))
     command = "python -m bench" + (f" --configs {' '.join(args.configs)}"
-                                   if args.configs != list(CONFIGS) else "")
+                                   if args.configs != DEFAULT_CONFIGS else "")
     results, command = kept_with(args.out / "pipeline.json", results, command)
     write_json(args.out / "pipeline.json", results)
     with atomic_path(args.out / "pipeline.md") as tmp:

@@ -261,6 +261,13 @@ def test_learned_taxonomy_drives_the_classes_through_training_and_prediction(rep
     genres = json.loads((repo / "data/labeled/classes.json").read_text())
     from stages.model_files import load_model
 
+    # the strategy alone touches merge_genres only: its outputs decide what re-runs next
+    params = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(params.replace("  strategy: none", "  strategy: learned"))
+    status = run_cmd(["dvc", "status"], repo, env).stdout
+    (repo / "params.yaml").write_text(params)
+    assert set(re.findall(r"^(\w+):", status, re.M)) == {"merge_genres"}, status
+
     # merge_genres.train_on: genres (the default): no family retrains, the models'
     # answers are summed per merged class
     result = run_cmd(["dvc", "exp", "run", "-n", "learned-3", "-S", "merge_genres.strategy=learned",
